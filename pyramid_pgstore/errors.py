@@ -1,0 +1,32 @@
+"""The exceptions the store raises; all are exported from ``pyramid_pgstore``."""
+
+
+class PGStoreError(Exception):
+    """Base class of every error raised by :class:`pyramid_pgstore.PGStore`."""
+
+
+class StoreUnavailable(PGStoreError):
+    """The database could not be reached, or the connection was lost twice.
+
+    Raised instead of a hang or a raw driver error, so that an app can map it
+    to ``503 Service Unavailable``. The session data is untouched.
+    """
+
+
+class PoolTimeout(StoreUnavailable):
+    """No pooled connection became free within ``pool_timeout`` seconds."""
+
+
+class SessionTooLarge(PGStoreError, ValueError):
+    """The serialized session is longer than ``max_length`` bytes.
+
+    Raised before anything is written: the stored copy is left as it was.
+    """
+
+    def __init__(self, size: int, max_length: int) -> None:
+        super().__init__(
+            f"session data is {size} bytes serialized, over max_length={max_length}; "
+            "the stored session was left unchanged"
+        )
+        self.size = size
+        self.max_length = max_length

@@ -1,0 +1,273 @@
+"""Connection checkout on top of psycopg2's pools.
+
+psycopg2's pools leave three things to their user, and this module does them:
+
+* waiting: ``getconn()`` raises ``PoolError`` at once when every connection is
+  out; :meth:`Checkout.getconn` waits up to ``timeout`` seconds instead;
+* reuse: psycopg2 closes every returned connection beyond ``minconn``;
+  :class:`_KeepIdlePool` keeps up to ``maxconn`` of them for the next request;
+* processes: a pool built before a server forks its workers would share its
+  sockets with them; an owned pool is built lazily, once in each process.
+
+The store above decides what a broken connection means for its statement; this
+module only discards broken connections (:meth:`Checkout.putconn`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from contextlib import nullcontext
+from typing import Any
+
+import psycopg2
+from psycopg2.extensions import connection as Connection
+from psycopg2.pool import AbstractConnectionPool, PoolError, ThreadedConnectionPool
+
+from .errors import PGStoreError, PoolTimeout, StoreUnavailable
+
+log = logging.getLogger("pyramid_pgstore")
+
+# A borrowed pool is also used by code that returns connections without telling
+# us, so a waiting checkout looks again this often (seconds).
+_BORROWED_POLL = 0.05
+
+
+class _KeepIdlePool(ThreadedConnectionPool):
+    """psycopg2's threaded pool, but it keeps up to ``maxconn`` idle connections.
+
+    psycopg2 keeps only ``minconn`` of the connections handed back and closes
+    the others, so under concurrency most checkouts opened a new connection.
+    """
+
+    def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
+        self.opened = 0
+        super().__init__(minconn, maxconn, *args, **kwargs)
+
+    def _connect(self, key: Any = None) -> Connection:
+        conn = super()._connect(key)
+        self.opened += 1
+        return conn
+
+    def _putconn(self, conn: Connection, key: Any = None, close: bool = False) -> None:
+        # minconn is the only threshold psycopg2 checks when a connection comes
+        # back; raising it for the call keeps every healthy connection. This runs
+        # under the pool's lock, so no other thread sees the raised value.
+        minconn = self.minconn
+        self.minconn = self.maxconn
+        try:
+            super()._putconn(conn, key, close)
+        finally:
+            self.minconn = minconn
+
+
+def _discard_idle(pool: AbstractConnectionPool) -> int:
+    """Close the pool's idle connections and return how many there were.
+
+    Called after one connection turned out broken: the others idle beside it
+    went through the same restart or network cut, and handing them out would
+    fail the next requests one by one. (``_pool`` is the idle list in every
+    psycopg2 pool, unchanged since 2.0.)
+    """
+    with getattr(pool, "_lock", None) or nullcontext():
+        idle = list(pool._pool)
+        pool._pool[:] = []
+    for conn in idle:
+        conn.close()
+    return len(idle)
+
+
+class Checkout:
+    """Lends connections from a psycopg2 pool: waits, discards broken ones.
+
+    Connections are lent in autocommit mode, so one statement is one round
+    trip. Use :meth:`getconn` and give every connection back to
+    :meth:`putconn` in a ``finally`` block.
+    """
+
+    _poll: float | None = None  # see _BORROWED_POLL
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.waits = 0
+        self.timeouts = 0
+        self.discarded = 0
+        self._closed = False
+        self._reset_after_fork()
+        _CHECKOUTS.add(self)
+
+    def _reset_after_fork(self) -> None:
+        # A lock held by another thread at fork time stays locked forever in
+        # the child: each process gets its own.
+        self._cond = threading.Condition()
+
+    def _pool(self) -> AbstractConnectionPool:
+        raise NotImplementedError
+
+    def getconn(self) -> Connection:
+        """Return a connection, waiting up to ``timeout`` for a free one.
+
+        :raises PoolTimeout: none became free in time.
+        :raises StoreUnavailable: a new connection could not be opened.
+        """
+        deadline = None
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise PGStoreError("the store is closed")
+                pool = self._pool()
+                try:
+                    conn = pool.getconn()
+                except PoolError:
+                    if pool.closed:
+                        raise PGStoreError("the connection pool is closed") from None
+                except psycopg2.OperationalError as exc:
+                    raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+                else:
+                    self._lend(conn)
+                    return conn
+                now = time.monotonic()
+                if deadline is None:
+                    self.waits += 1
+                    deadline = now + self.timeout
+                remaining = deadline - now
+                if remaining <= 0:
+                    self.timeouts += 1
+                    raise PoolTimeout(
+                        f"no free database connection after {self.timeout:.2f} s "
+                        f"(all {pool.maxconn} in use; raise pool_max or pool_timeout)"
+                    )
+                self._cond.wait(min(remaining, self._poll or remaining))
+
+    def putconn(self, conn: Connection, broken: bool = False) -> None:
+        """Give a connection back; a broken one is closed, with its idle peers."""
+        broken = broken or bool(conn.closed)
+        with self._cond:
+            pool = self._lent_from()
+            try:
+                if pool is None:
+                    raise PoolError("the pool was closed during the checkout")
+                if not broken:
+                    self._unlend(conn)
+                pool.putconn(conn, close=broken)
+            except PoolError:
+                conn.close()
+            else:
+                if broken:
+                    self.discarded += 1 + _discard_idle(pool)
+            self._cond.notify()
+
+    def _lent_from(self) -> AbstractConnectionPool | None:
+        """The pool that lent the connections now out, if it still exists."""
+        return self._pool()
+
+    def _lend(self, conn: Connection) -> None:
+        conn.autocommit = True
+
+    def _unlend(self, conn: Connection) -> None:
+        pass
+
+    @property
+    def opened(self) -> int | None:
+        """Connections opened so far, where the pool is ours to count."""
+        return None
+
+    def close(self) -> None:
+        """Stop lending; closes the pool only if this checkout created it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class OwnedPool(Checkout):
+    """A checkout over its own :class:`_KeepIdlePool`, built on first use."""
+
+    def __init__(
+        self,
+        minconn: int,
+        maxconn: int,
+        timeout: float,
+        connect_kwargs: dict[str, Any],
+    ) -> None:
+        self._minconn = minconn
+        self._maxconn = maxconn
+        self._connect_kwargs = connect_kwargs
+        self._opened_before = 0
+        super().__init__(timeout)
+
+    def _reset_after_fork(self) -> None:
+        super()._reset_after_fork()
+        # The parent's connections are not ours: closing them would send a
+        # Terminate message on the parent's sockets. Forget them unclosed.
+        self._current: _KeepIdlePool | None = None
+
+    def _pool(self) -> _KeepIdlePool:
+        if self._current is None:
+            self._current = _KeepIdlePool(self._minconn, self._maxconn, **self._connect_kwargs)
+            log.info("opened a pool of up to %d connections", self._maxconn)
+        return self._current
+
+    def _lent_from(self) -> _KeepIdlePool | None:
+        return self._current
+
+    @property
+    def opened(self) -> int:
+        current = self._current.opened if self._current is not None else 0
+        return self._opened_before + current
+
+    def release(self) -> None:
+        """Close every pooled connection; the next checkout builds a new pool.
+
+        The store calls this after creating its table at construction, so a
+        server that forks workers afterwards hands them no open socket.
+        """
+        with self._cond:
+            if self._current is not None:
+                self._opened_before += self._current.opened
+                self._current.closeall()
+                self._current = None
+
+    def close(self) -> None:
+        super().close()
+        self.release()
+
+
+class BorrowedPool(Checkout):
+    """A checkout over the caller's psycopg2 pool, which it never closes."""
+
+    _poll = _BORROWED_POLL
+
+    def __init__(self, pool: AbstractConnectionPool, timeout: float) -> None:
+        self._borrowed = pool
+        self._autocommit: dict[int, bool] = {}
+        super().__init__(timeout)
+
+    def _pool(self) -> AbstractConnectionPool:
+        return self._borrowed
+
+    def _lend(self, conn: Connection) -> None:
+        # The pool's owner may use its connections in transactions: restore
+        # their setting when the connection comes back.
+        self._autocommit[id(conn)] = conn.autocommit
+        conn.autocommit = True
+
+    def _unlend(self, conn: Connection) -> None:
+        conn.autocommit = self._autocommit.pop(id(conn), False)
+
+    def putconn(self, conn: Connection, broken: bool = False) -> None:
+        super().putconn(conn, broken)
+        self._autocommit.pop(id(conn), None)
+
+
+_CHECKOUTS: weakref.WeakSet[Checkout] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for checkout in list(_CHECKOUTS):
+        checkout._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,463 @@
+"""PGStore: session rows in a PostgreSQL table, the Python form of Go's pgstore.
+
+Every public method is one SQL statement, so one round trip, unless its
+docstring says otherwise. Statements run in autocommit mode on a pooled
+connection; a connection found broken is replaced and the statement, which is
+always idempotent here, is retried once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import psycopg2
+from psycopg2.extensions import cursor as Cursor
+from psycopg2.extensions import parse_dsn
+from psycopg2.pool import AbstractConnectionPool
+
+from . import _clock
+from .errors import SessionTooLarge, StoreUnavailable
+from .pool import BorrowedPool, Checkout, OwnedPool
+
+log = logging.getLogger("pyramid_pgstore")
+
+T = TypeVar("T")
+
+DEFAULT_TABLE = "http_sessions"
+DEFAULT_BATCH_SIZE = 1000
+
+
+class Serializer(Protocol):
+    """Turns session data into text and back; ``loads`` raises ValueError on bad input."""
+
+    def dumps(self, appstruct: Any) -> str | bytes: ...
+
+    def loads(self, cstruct: str) -> Any: ...
+
+
+class JSONSerializer:
+    """The default serializer: compact JSON. Pickle is never used."""
+
+    def dumps(self, appstruct: Any) -> str:
+        return json.dumps(appstruct, separators=(",", ":"))
+
+    def loads(self, cstruct: str) -> Any:
+        return json.loads(cstruct)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One stored session, as :meth:`PGStore.load` returns it (Go's PGSession).
+
+    ``key`` is the stored key: the SHA-256 of the session id, never the id.
+    ``loaded_at`` is the database's time when the row was read, so that
+    ``expires_on - loaded_at`` is the time the session has left.
+    """
+
+    key: str
+    data: dict[str, Any]
+    created_on: datetime
+    modified_on: datetime
+    expires_on: datetime
+    loaded_at: datetime
+    payload: str = field(repr=False, compare=False, default="")
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}\Z")
+
+
+def _quoted_table(table: str) -> tuple[str, str]:
+    """Return the quoted table name and the quoted name of its expiry index.
+
+    ``table`` is ``name`` or ``schema.name``, each part a plain SQL identifier.
+    Anything else is refused rather than quoted into a surprising name.
+    """
+    parts = table.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
+        raise ValueError(
+            f"invalid table name {table!r}: use 'name' or 'schema.name', each part "
+            "a letter or underscore followed by up to 62 letters, digits, _ or $"
+        )
+    quoted = ".".join('"%s"' % part for part in parts)
+    index = '"%s"' % f"{parts[-1][:47]}_expires_on_idx"
+    return quoted, index
+
+
+def storage_key(session_id: str) -> str:
+    """The key a session id is stored under: its SHA-256, in hex.
+
+    A copy of the table (a backup, a leak) therefore holds no usable cookie.
+    """
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
+
+
+class _Statements:
+    """The SQL text for one table, built once. ``NOW`` is the database clock."""
+
+    NOW = "(now() + make_interval(secs => %(offset)s))"
+
+    def __init__(self, table: str) -> None:
+        t, index = _quoted_table(table)
+        self.quoted_table = t
+        now = self.NOW
+        expires = f"COALESCE({now} + make_interval(secs => %(ttl)s), 'infinity')"
+        self.regclass = "SELECT to_regclass(%(table)s) IS NOT NULL"
+        self.create = (
+            "BEGIN;"
+            " SELECT pg_advisory_xact_lock(hashtext(%(table)s));"
+            f" CREATE TABLE IF NOT EXISTS {t} ("
+            " key text PRIMARY KEY,"
+            " data text NOT NULL,"
+            " created_on timestamptz NOT NULL,"
+            " modified_on timestamptz NOT NULL,"
+            " expires_on timestamptz NOT NULL);"
+            f" CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_on);"
+            " COMMIT;"
+        )
+        self.load = (
+            f"SELECT data, created_on, modified_on, expires_on, {now} FROM {t}"
+            f" WHERE key = %(key)s AND expires_on > {now}"
+        )
+        # One statement whether the row exists or not. A row that had expired
+        # (not yet cleaned up) starts over with a new created_on.
+        self.save = (
+            f"INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
+            f" VALUES (%(key)s, %(data)s, {now}, {now}, {expires})"
+            " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data,"
+            " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on,"
+            " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
+            " THEN s.created_on ELSE EXCLUDED.created_on END"
+        )
+        self.touch = f"UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND expires_on > {now}"
+        self.delete = f"DELETE FROM {t} WHERE key = %(key)s"
+        # Bounded batches: each is its own short transaction, and SKIP LOCKED
+        # never waits for a row a live request is writing.
+        self.delete_expired_batch = (
+            f"DELETE FROM {t} WHERE key IN (SELECT key FROM {t}"
+            f" WHERE expires_on <= {now} LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+        )
+
+
+class CleanupHandle:
+    """A running background cleanup (Go's Cleanup); :meth:`stop` ends it."""
+
+    def __init__(self, thread: threading.Thread, stop_event: threading.Event) -> None:
+        self._thread = thread
+        self._stop_event = stop_event
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to stop and wait for it (Go's StopCleanup)."""
+        self._stop_event.set()
+        self._thread.join(timeout)
+
+
+class PGStore:
+    """Sessions in a PostgreSQL table, reached through a psycopg2 pool.
+
+    ``PGStore(dsn, ...)`` owns a ``ThreadedConnectionPool`` (built lazily in
+    each process); :meth:`from_pool` borrows the caller's pool instead.
+    Thread-safe: one store serves every thread of an app.
+
+    :param dsn: libpq connection string or URL.
+    :param table: ``name`` or ``schema.name``; the schema must exist.
+    :param pool_min: connections opened when a process first uses the pool.
+    :param pool_max: most connections open at once; idle ones are kept.
+    :param pool_timeout: seconds a checkout waits for a free connection
+        before :class:`~pyramid_pgstore.PoolTimeout`; also the default
+        libpq ``connect_timeout``.
+    :param create_table: create the table and its index if missing.
+    :param max_length: largest serialized session in bytes; 0 = unlimited.
+    :param serializer: ``dumps``/``loads`` object; JSON by default.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = DEFAULT_TABLE,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        pool_timeout: float = 30.0,
+        create_table: bool = True,
+        max_length: int = 4096,
+        serializer: Serializer | None = None,
+    ) -> None:
+        if not 0 <= pool_min <= pool_max or pool_max < 1:
+            raise ValueError(f"need 0 <= pool_min <= pool_max and pool_max >= 1, got {pool_min}, {pool_max}")
+        checkout = OwnedPool(pool_min, pool_max, pool_timeout, _connect_kwargs(dsn, pool_timeout))
+        self._setup(checkout, table, pool_timeout, create_table, max_length, serializer)
+        # Nothing stays open from construction: a server that forks workers
+        # now gives them no shared socket. Each process connects on first use.
+        checkout.release()
+
+    @classmethod
+    def from_pool(
+        cls,
+        pool: AbstractConnectionPool,
+        *,
+        table: str = DEFAULT_TABLE,
+        pool_timeout: float = 30.0,
+        create_table: bool = True,
+        max_length: int = 4096,
+        serializer: Serializer | None = None,
+    ) -> PGStore:
+        """A store on the caller's psycopg2 pool (Go's NewPGStoreFromPool).
+
+        :meth:`close` leaves that pool open. Connections are borrowed in
+        autocommit mode and given back with their own setting restored.
+        """
+        store = cls.__new__(cls)
+        store._setup(BorrowedPool(pool, pool_timeout), table, pool_timeout, create_table, max_length, serializer)
+        return store
+
+    def _setup(
+        self,
+        checkout: Checkout,
+        table: str,
+        pool_timeout: float,
+        create_table: bool,
+        max_length: int,
+        serializer: Serializer | None,
+    ) -> None:
+        if max_length < 0:
+            raise ValueError(f"max_length must be 0 (unlimited) or more, got {max_length}")
+        if pool_timeout <= 0:
+            raise ValueError(f"pool_timeout must be positive, got {pool_timeout}")
+        self.table = table
+        self.max_length = max_length
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self._sql = _Statements(table)
+        self._checkout = checkout
+        self._queries = 0
+        self._cleanups: list[CleanupHandle] = []
+        if create_table:
+            self._create_table()
+
+    # -- statements ---------------------------------------------------------
+
+    def _run(self, sql: str, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
+        """Run one statement and return ``result(cursor)``.
+
+        A connection that breaks under it (server restart, network cut,
+        ``pg_terminate_backend``) is discarded and the statement retried once
+        on a new connection: every statement here is idempotent.
+        """
+        params["offset"] = _clock.clock.offset
+        for attempt in (1, 2):
+            conn = self._checkout.getconn()
+            broken = False
+            try:
+                with conn.cursor() as cur:
+                    self._queries += 1
+                    cur.execute(sql, params)
+                    return result(cur)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if not conn.closed:
+                    raise  # the statement failed; the connection is fine
+                broken = True
+                if attempt == 2:
+                    raise StoreUnavailable(f"lost the database connection twice: {exc}".strip()) from exc
+                log.warning("database connection lost (%s); retrying", str(exc).strip())
+            finally:
+                self._checkout.putconn(conn, broken)
+        raise AssertionError("unreachable")
+
+    def _create_table(self) -> None:
+        # Looking first means an existing table needs no CREATE privilege.
+        params = {"table": self._sql.quoted_table}
+        if not self._run(self._sql.regclass, params, _scalar):
+            self._run(self._sql.create, params, _nothing)
+            log.info("created table %s", self.table)
+
+    def serialize(self, data: Mapping[str, Any]) -> str:
+        """Serialize session data, enforcing ``max_length``; no database work.
+
+        :raises SessionTooLarge: the result is over ``max_length`` bytes.
+        :raises TypeError: a value cannot be serialized; the message names its key.
+        """
+        try:
+            payload = self.serializer.dumps(dict(data))
+        except TypeError as exc:
+            raise TypeError(_unserializable(self.serializer, data, exc)) from exc
+        if isinstance(payload, bytes):
+            payload = payload.decode("utf-8")
+        if self.max_length:
+            size = len(payload.encode("utf-8"))
+            if size > self.max_length:
+                raise SessionTooLarge(size, self.max_length)
+        return payload
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        """The live session stored for ``session_id``, or None.
+
+        An expired row is never returned, even before cleanup removes it. A
+        row that no longer deserializes is logged and treated as missing (it is
+        left in place until it expires).
+        """
+        key = storage_key(session_id)
+        row = self._run(self._sql.load, {"key": key}, _one)
+        if row is None:
+            return None
+        payload, created_on, modified_on, expires_on, loaded_at = row
+        try:
+            data = self.serializer.loads(payload)
+            if not isinstance(data, dict):
+                raise ValueError(f"expected an object, got {type(data).__name__}")
+        except ValueError as exc:
+            log.warning("stored session %s… does not deserialize (%s)", key[:12], exc)
+            return None
+        return SessionRecord(key, data, created_on, modified_on, expires_on, loaded_at, payload)
+
+    def save(self, session_id: str, data: Mapping[str, Any], ttl: float | None) -> None:
+        """Insert or replace the session, live for ``ttl`` seconds (None: forever).
+
+        :raises SessionTooLarge: before any database work; the stored copy is untouched.
+        """
+        self.save_serialized(session_id, self.serialize(data), ttl)
+
+    def save_serialized(self, session_id: str, payload: str, ttl: float | None) -> None:
+        """:meth:`save` for a payload already made by :meth:`serialize`."""
+        params = {"key": storage_key(session_id), "data": payload, "ttl": ttl}
+        self._run(self._sql.save, params, _nothing)
+
+    def touch(self, session_id: str, ttl: float | None) -> bool:
+        """Move the expiry to ``ttl`` seconds from now; data is untouched.
+
+        Returns False when there is no live session to refresh.
+        """
+        return self._run(self._sql.touch, {"key": storage_key(session_id), "ttl": ttl}, _rowcount) > 0
+
+    def delete(self, session_id: str) -> bool:
+        """Delete the session; returns whether a row was there."""
+        return self._run(self._sql.delete, {"key": storage_key(session_id)}, _rowcount) > 0
+
+    def delete_expired(self, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        """Delete expired sessions and return how many went (Go's DeleteExpired).
+
+        Works in batches of ``batch_size`` rows, one statement (and one short
+        transaction) each, until a batch comes back short.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        total = 0
+        while True:
+            deleted = self._run(self._sql.delete_expired_batch, {"limit": batch_size}, _rowcount)
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    # -- background cleanup -------------------------------------------------
+
+    def run_cleanup(self, interval: float, stop_event: threading.Event) -> Iterator[int | Exception]:
+        """Every ``interval`` seconds, delete expired sessions (Go's RunCleanup).
+
+        Yields, for each run, the number deleted or the exception that run
+        hit, until ``stop_event`` is set. The first run is one interval in.
+        """
+        if interval <= 0:
+            raise ValueError(f"interval must be positive, got {interval}")
+        while not stop_event.wait(interval):
+            try:
+                yield self.delete_expired()
+            except Exception as exc:  # reported to the consumer, never raised
+                yield exc
+
+    def cleanup(self, interval: float) -> CleanupHandle:
+        """Start a daemon thread running :meth:`run_cleanup` (Go's Cleanup).
+
+        Each run's error is logged and the thread goes on. :meth:`close` stops it.
+        """
+        stop_event = threading.Event()
+        runs = self.run_cleanup(interval, stop_event)
+
+        def loop() -> None:
+            for result in runs:
+                if isinstance(result, Exception):
+                    log.error("cleanup failed: %s", result)
+                elif result:
+                    log.info("cleanup deleted %d expired sessions", result)
+
+        thread = threading.Thread(target=loop, name=f"pgstore-cleanup-{self.table}", daemon=True)
+        handle = CleanupHandle(thread, stop_event)
+        self._cleanups.append(handle)
+        thread.start()
+        return handle
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def stats(self) -> dict[str, int | None]:
+        """Counters since construction: statements run (round trips),
+        connections opened (None for a borrowed pool), checkouts that had to
+        wait, waits that timed out, broken connections discarded."""
+        checkout = self._checkout
+        return {
+            "queries": self._queries,
+            "connections_opened": checkout.opened,
+            "waits": checkout.waits,
+            "timeouts": checkout.timeouts,
+            "discarded": checkout.discarded,
+        }
+
+    def close(self) -> None:
+        """Stop background cleanups; close the pool if the store owns it."""
+        for handle in self._cleanups:
+            handle.stop()
+        self._checkout.close()
+
+    def __enter__(self) -> PGStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
+    """libpq parameters: the DSN, plus defaults it does not set itself."""
+    try:
+        given = parse_dsn(dsn)
+    except psycopg2.ProgrammingError as exc:
+        raise ValueError(f"invalid dsn: {exc}".strip()) from None
+    kwargs: dict[str, Any] = {"dsn": dsn}
+    if "connect_timeout" not in given:
+        # libpq waits forever by default; 2 s is its smallest effective value.
+        kwargs["connect_timeout"] = max(2, int(pool_timeout + 0.999))
+    if "application_name" not in given:
+        kwargs["application_name"] = "pyramid_pgstore"
+    return kwargs
+
+
+def _unserializable(serializer: Serializer, data: Mapping[str, Any], exc: TypeError) -> str:
+    for key, value in data.items():
+        try:
+            serializer.dumps({key: value})
+        except TypeError as inner:
+            return f"session value for key {key!r} cannot be serialized: {inner}"
+    return f"session data cannot be serialized: {exc}"
+
+
+def _one(cur: Cursor) -> tuple[Any, ...] | None:
+    return cur.fetchone()
+
+
+def _scalar(cur: Cursor) -> Any:
+    return cur.fetchone()[0]
+
+
+def _rowcount(cur: Cursor) -> int:
+    return cur.rowcount
+
+
+def _nothing(cur: Cursor) -> None:
+    return None

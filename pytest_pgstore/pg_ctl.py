@@ -1,0 +1,76 @@
+"""``pgstore-pg-ctl``: pg_ctl, run as an unprivileged user when started by root.
+
+PostgreSQL refuses to run as root, and tests in containers and CI often do.
+pytest-postgresql starts its server through one executable, so the plugin
+points it here. This program finds the real ``pg_ctl`` (``PGSTORE_PG_CTL``),
+and when it runs as root and ``PGSTORE_RUN_AS`` names a user, it hands the
+server's directory to that user, drops root, and runs pg_ctl as that user.
+Started by a normal user, it simply runs pg_ctl.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import sys
+from pathlib import Path
+
+RUN_AS_ENV = "PGSTORE_RUN_AS"
+PG_CTL_ENV = "PGSTORE_PG_CTL"
+
+
+def _data_dir(args: list[str]) -> Path | None:
+    """The data directory named by ``initdb --pgdata X`` or ``start -D X``."""
+    for flag in ("--pgdata", "-D"):
+        if flag in args[:-1]:
+            return Path(args[args.index(flag) + 1])
+    return None
+
+
+def _open_path_to(directory: Path) -> None:
+    """Let other users traverse (not list) every ancestor of ``directory``.
+
+    pytest makes its temporary directories private to root (mode 0700); the
+    server's user must at least pass through them to reach its own directory.
+    """
+    for ancestor in directory.parents:
+        mode = ancestor.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(ancestor, stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def _hand_over(args: list[str], user: pwd.struct_passwd) -> Path | None:
+    """Give ``user`` the directory holding the data directory and log file."""
+    data_dir = _data_dir(args)
+    if data_dir is None:
+        return None
+    parent = data_dir.resolve().parent
+    if args and args[0] == "initdb":
+        _open_path_to(parent)
+        os.chown(parent, user.pw_uid, user.pw_gid)
+    return parent
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    pg_ctl = os.environ.get(PG_CTL_ENV)
+    if not pg_ctl:
+        sys.exit(f"pgstore-pg-ctl: set {PG_CTL_ENV} to the path of PostgreSQL's pg_ctl")
+    run_as = os.environ.get(RUN_AS_ENV)
+    if os.geteuid() == 0 and run_as:
+        try:
+            user = pwd.getpwnam(run_as)
+        except KeyError:
+            sys.exit(f"pgstore-pg-ctl: no user {run_as!r} to run PostgreSQL as (see --pgstore-run-as)")
+        workdir = _hand_over(args, user)
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+        # pg_ctl and postgres look at their working directory, which root's may hide.
+        os.chdir(workdir or "/")
+    os.execv(pg_ctl, [pg_ctl, *args])
+
+
+if __name__ == "__main__":
+    main()
