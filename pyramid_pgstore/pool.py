@@ -118,8 +118,8 @@ class Checkout:
             while True:
                 if self._closed:
                     raise PGStoreError("the store is closed")
-                pool = self._pool()
                 try:
+                    pool = self._pool()
                     conn = pool.getconn()
                 except PoolError:
                     if pool.closed:

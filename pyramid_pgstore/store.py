@@ -86,8 +86,8 @@ def _quoted_table(table: str) -> tuple[str, str]:
             f"invalid table name {table!r}: use 'name' or 'schema.name', each part "
             "a letter or underscore followed by up to 62 letters, digits, _ or $"
         )
-    quoted = ".".join('"%s"' % part for part in parts)
-    index = '"%s"' % f"{parts[-1][:47]}_expires_on_idx"
+    quoted = ".".join(f'"{part}"' for part in parts)
+    index = f'"{parts[-1][:47]}_expires_on_idx"'
     return quoted, index
 
 
@@ -219,7 +219,9 @@ class PGStore:
         autocommit mode and given back with their own setting restored.
         """
         store = cls.__new__(cls)
-        store._setup(BorrowedPool(pool, pool_timeout), table, pool_timeout, create_table, max_length, serializer)
+        store._setup(
+            BorrowedPool(pool, pool_timeout), table, pool_timeout, create_table, max_length, serializer
+        )
         return store
 
     def _setup(

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         os.setuid(user.pw_uid)
         # pg_ctl and postgres look at their working directory, which root's may hide.
         os.chdir(workdir or "/")
-    os.execv(pg_ctl, [pg_ctl, *args])
+    os.execv(pg_ctl, [pg_ctl, *args])  # noqa: S606 - replacing this process is the point
 
 
 if __name__ == "__main__":

@@ -69,7 +69,12 @@ def _find_pg_ctl(bindir: str) -> str:
     else:
         candidates = []
         try:
-            found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=30)
+            found = subprocess.run(
+                ["pg_config", "--bindir"],  # noqa: S607 - found on PATH, as libpq documents
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             candidates.append(os.path.join(found.stdout.strip(), "pg_ctl"))
         except (OSError, subprocess.SubprocessError):
             pass
