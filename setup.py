@@ -44,8 +44,6 @@ setup(
     keywords="pyramid session postgresql pytest",
     license="MIT",
     packages=find_packages(exclude=["tests", "tests.*", "bench"]),
-    include_package_data=True,
-    package_data={"pyramid_pgstore": ["demo/templates/*.html"]},
     zip_safe=False,
     # Current pyramid (2.1) supports 3.10+, current pytest-postgresql (10) 3.11+.
     python_requires=">=3.11",

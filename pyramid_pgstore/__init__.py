@@ -4,16 +4,22 @@ Enable with ``config.include('pyramid_pgstore')`` and ``pgstore.*`` settings,
 or build a session factory in code with :func:`PGStoreSessionFactory`.
 """
 
+from .config import IPGStore, get_store, includeme
 from .errors import PGStoreError, PoolTimeout, SessionTooLarge, StoreUnavailable
+from .session import PGStoreSessionFactory
 from .store import CleanupHandle, JSONSerializer, PGStore, SessionRecord
 
 __all__ = [
     "CleanupHandle",
+    "IPGStore",
     "JSONSerializer",
     "PGStore",
     "PGStoreError",
+    "PGStoreSessionFactory",
     "PoolTimeout",
     "SessionRecord",
     "SessionTooLarge",
     "StoreUnavailable",
+    "get_store",
+    "includeme",
 ]

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -197,6 +198,7 @@ class PGStore:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError(f"need 0 <= pool_min <= pool_max and pool_max >= 1, got {pool_min}, {pool_max}")
         checkout = OwnedPool(pool_min, pool_max, pool_timeout, _connect_kwargs(dsn, pool_timeout))
+        self.dsn: str | None = dsn
         self._setup(checkout, table, pool_timeout, create_table, max_length, serializer)
         # Nothing stays open from construction: a server that forks workers
         # now gives them no shared socket. Each process connects on first use.
@@ -219,6 +221,7 @@ class PGStore:
         autocommit mode and given back with their own setting restored.
         """
         store = cls.__new__(cls)
+        store.dsn = None
         store._setup(
             BorrowedPool(pool, pool_timeout), table, pool_timeout, create_table, max_length, serializer
         )
@@ -244,6 +247,7 @@ class PGStore:
         self._checkout = checkout
         self._queries = 0
         self._cleanups: list[CleanupHandle] = []
+        _LIVE_STORES.add(self)
         if create_table:
             self._create_table()
 
@@ -423,6 +427,11 @@ class PGStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+# Every store not yet garbage collected: pytest_pgstore closes, after each
+# test, those an app built on the test's database and never closed.
+_LIVE_STORES: weakref.WeakSet[PGStore] = weakref.WeakSet()
 
 
 def _connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:

@@ -10,14 +10,76 @@ Started by a normal user, it simply runs pg_ctl.
 
 from __future__ import annotations
 
+import glob
 import os
 import pwd
+import shutil
 import stat
+import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 RUN_AS_ENV = "PGSTORE_RUN_AS"
 PG_CTL_ENV = "PGSTORE_PG_CTL"
+
+
+def launcher_path() -> str:
+    """Where this program, the console script ``pgstore-pg-ctl``, is installed."""
+    name = "pgstore-pg-ctl"
+    for directory in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+
+
+def find_pg_ctl(bindir: str = "") -> str:
+    """The real pg_ctl: in ``bindir`` if given, else where pg_config says,
+    else on PATH, else the newest /usr/lib/postgresql/*/bin (Debian's place).
+
+    :raises FileNotFoundError: with what to install.
+    """
+    if bindir:
+        candidates = [os.path.join(bindir, "pg_ctl")]
+    else:
+        candidates = []
+        try:
+            found = subprocess.run(
+                ["pg_config", "--bindir"],  # noqa: S607 - found on PATH, as libpq documents
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            candidates.append(os.path.join(found.stdout.strip(), "pg_ctl"))
+        except (OSError, subprocess.SubprocessError):
+            pass
+        candidates.append(shutil.which("pg_ctl") or "")
+        candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version_key, reverse=True)
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(
+        "PostgreSQL's server programs were not found "
+        f"(looked at {', '.join(c for c in candidates if c) or 'nothing'}). "
+        "Install them (Debian/Ubuntu: apt-get install postgresql) and point "
+        "--pgstore-pg-bindir at the directory holding pg_ctl, or give an "
+        "existing server with --pgstore-dsn."
+    )
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    version = path.split("/")[-3]
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def default_run_as_user() -> str:
+    """The unprivileged user to run PostgreSQL as: postgres if it exists, else nobody."""
+    try:
+        pwd.getpwnam("postgres")
+        return "postgres"
+    except KeyError:
+        return "nobody"
 
 
 def _data_dir(args: list[str]) -> Path | None:

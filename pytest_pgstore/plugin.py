@@ -11,14 +11,8 @@ session, or per worker under pytest-xdist).
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
 import secrets
-import shutil
-import subprocess
-import sys
-import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pytest_postgresql import factories
 
-from .pg_ctl import PG_CTL_ENV, RUN_AS_ENV
+from .pg_ctl import PG_CTL_ENV, RUN_AS_ENV, default_run_as_user, find_pg_ctl, launcher_path
 
 if TYPE_CHECKING:
     from pyramid_pgstore import PGStore
@@ -53,68 +47,10 @@ def _option(config: pytest.Config, name: str) -> str:
     return config.getoption(f"pgstore_{name}") or config.getini(f"pgstore_{name}") or ""
 
 
-def _launcher() -> str:
-    """Where ``pgstore-pg-ctl`` (a console script of this package) lives."""
-    name = "pgstore-pg-ctl"
-    for directory in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
-        candidate = os.path.join(directory, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
-
-
-def _find_pg_ctl(bindir: str) -> str:
-    if bindir:
-        candidates = [os.path.join(bindir, "pg_ctl")]
-    else:
-        candidates = []
-        try:
-            found = subprocess.run(
-                ["pg_config", "--bindir"],  # noqa: S607 - found on PATH, as libpq documents
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            candidates.append(os.path.join(found.stdout.strip(), "pg_ctl"))
-        except (OSError, subprocess.SubprocessError):
-            pass
-        candidates.append(shutil.which("pg_ctl") or "")
-        candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version_key, reverse=True)
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise pytest.UsageError(
-        "pytest_pgstore: PostgreSQL's server programs were not found "
-        f"(looked at {', '.join(c for c in candidates if c) or 'nothing'}). "
-        "Install them (Debian/Ubuntu: apt-get install postgresql) and point "
-        "--pgstore-pg-bindir at the directory holding pg_ctl, or give an "
-        "existing server with --pgstore-dsn."
-    )
-
-
-def _version_key(path: str) -> tuple[int, ...]:
-    version = path.split("/")[-3]
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
-
-
-def _run_as_user(config: pytest.Config) -> str:
-    """The user the server runs as: only needed, and only used, under root."""
-    if os.geteuid() != 0:
-        return ""
-    chosen = _option(config, "run_as")
-    if chosen:
-        return chosen
-    try:
-        pwd.getpwnam("postgres")
-        return "postgres"
-    except KeyError:
-        return "nobody"
-
-
 # The server itself. fsync is off: a throwaway test server never needs to
 # survive a power cut, and tests run faster without it.
 pgstore_proc = factories.postgresql_proc(
-    executable=_launcher(),
+    executable=launcher_path(),
     port=None,
     dbname="pgstore",
     postgres_options="-c fsync=off -c full_page_writes=off",
@@ -148,8 +84,12 @@ def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
 
     admin_dsn = _option(request.config, "dsn")
     if not admin_dsn:
-        os.environ[PG_CTL_ENV] = _find_pg_ctl(_option(request.config, "pg_bindir"))
-        os.environ[RUN_AS_ENV] = _run_as_user(request.config)
+        try:
+            os.environ[PG_CTL_ENV] = find_pg_ctl(_option(request.config, "pg_bindir"))
+        except FileNotFoundError as exc:
+            raise pytest.UsageError(f"pytest_pgstore: {exc}") from None
+        if os.geteuid() == 0:
+            os.environ[RUN_AS_ENV] = _option(request.config, "run_as") or default_run_as_user()
         proc = request.getfixturevalue("pgstore_proc")
         admin_dsn = f"host={proc.host} port={proc.port} user={proc.user} dbname=postgres"
         if proc.password:
@@ -196,15 +136,22 @@ def _pgstore_janitor(pgstore_server: Server) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any) -> str:
+def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any) -> Iterator[str]:
     """DSN of a database whose tables are all empty when the test starts.
 
     Tables persist between tests (so a store's CREATE TABLE is paid once);
-    their rows do not.
+    their rows do not. Stores built on it during the test (an app made from
+    ``pgstore_settings``, say) are closed after it, so no test leaks
+    connections into the next.
     """
     with _pgstore_janitor.cursor() as cur:
         cur.execute(_EMPTY_ALL_TABLES)
-    return pgstore_server.dsn
+    yield pgstore_server.dsn
+    from pyramid_pgstore.store import _LIVE_STORES
+
+    for store in list(_LIVE_STORES):
+        if store.dsn == pgstore_server.dsn:
+            store.close()
 
 
 @pytest.fixture

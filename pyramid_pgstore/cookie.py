@@ -1,0 +1,149 @@
+"""The session cookie: a signed, opaque session id, and nothing else.
+
+Built from WebOb's parts: ``SignedSerializer`` (HMAC-SHA512, checked with
+``hmac.compare_digest``) around a serializer that only accepts well-formed ids,
+inside a ``CookieProfile`` for the cookie attributes. Several secrets may be
+given: the first signs, every one verifies, so secrets can be rotated.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+
+from webob import Request, Response
+from webob.cookies import CookieProfile, SignedSerializer
+
+SALT = "pyramid_pgstore.session."
+MIN_SECRET_BYTES = 32
+
+# 32 random bytes, URL-safe base64 without padding: 43 characters.
+_SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{43}\Z")
+
+
+def new_session_id() -> str:
+    """A fresh session id: 256 bits from the operating system's CSPRNG."""
+    return secrets.token_urlsafe(32)
+
+
+class _SessionIdSerializer:
+    """The signed payload: the id's ASCII bytes; anything else is a ValueError."""
+
+    def dumps(self, session_id: str) -> bytes:
+        return session_id.encode("ascii")
+
+    def loads(self, bstruct: bytes) -> str:
+        if not _SESSION_ID.match(bstruct):
+            raise ValueError("not a session id")
+        return bstruct.decode("ascii")
+
+
+class RotatingSigner:
+    """Signs with the first secret; verifies with any of them."""
+
+    def __init__(self, secret_list: Sequence[str], hashalg: str = "sha512") -> None:
+        if not secret_list:
+            raise ValueError("at least one secret is needed")
+        ids = _SessionIdSerializer()
+        self._signers = [SignedSerializer(secret, SALT, hashalg, serializer=ids) for secret in secret_list]
+
+    def dumps(self, session_id: str) -> bytes:
+        return self._signers[0].dumps(session_id)
+
+    def loads(self, bstruct: bytes) -> str:
+        return self.verify(bstruct)[0]
+
+    def verify(self, bstruct: bytes) -> tuple[str, bool]:
+        """Return the id and whether the current (first) secret signed it.
+
+        :raises ValueError: no secret's signature matches, or the payload is
+            not a session id.
+        """
+        for position, signer in enumerate(self._signers):
+            try:
+                return signer.loads(bstruct), position == 0
+            except ValueError:
+                continue
+        raise ValueError("invalid session cookie")
+
+
+class SessionCookie:
+    """Reads and writes the session cookie of one configuration.
+
+    Holds no per-request state, so one instance serves every thread.
+    """
+
+    def __init__(
+        self,
+        secret_list: Sequence[str],
+        *,
+        cookie_name: str = "session",
+        max_age: int | None = None,
+        path: str = "/",
+        domain: str | None = None,
+        secure: bool = False,
+        httponly: bool = True,
+        samesite: str | None = "Lax",
+    ) -> None:
+        self.name = cookie_name
+        self.max_age = max_age
+        self.signer = RotatingSigner(secret_list)
+        self._profile = CookieProfile(
+            cookie_name,
+            secure=secure,
+            max_age=max_age,
+            httponly=httponly,
+            samesite=samesite,
+            path=path,
+            domains=[domain] if domain else None,
+            serializer=self.signer,
+        )
+
+    def read(self, request: Request) -> tuple[str | None, bool]:
+        """The session id in the request's cookie, and whether it is signed
+        with the current secret. ``(None, False)`` for a missing, tampered,
+        truncated, wrongly signed or undecodable cookie."""
+        try:
+            value = request.cookies.get(self.name)
+            if value is None:
+                return None, False
+            return self.signer.verify(value.encode("latin-1"))
+        except (ValueError, UnicodeError):  # UnicodeError: bytes that are not a cookie value
+            return None, False
+
+    def set(self, response: Response, session_id: str) -> None:
+        """Send the signed id."""
+        self._profile.set_cookies(response, session_id)
+        _vary_on_cookie(response)
+
+    def delete(self, response: Response) -> None:
+        """Tell the browser to drop the cookie."""
+        self._profile.set_cookies(response, None)
+        _vary_on_cookie(response)
+
+
+def _vary_on_cookie(response: Response) -> None:
+    """A response that sets the session cookie depends on the Cookie header:
+    a shared cache must not hand it to another user."""
+    vary = response.vary or ()
+    if "Cookie" not in vary:
+        response.vary = (*vary, "Cookie")
+
+
+def check_secrets(secret_list: Sequence[str]) -> None:
+    """Refuse missing or short secrets.
+
+    An HMAC key shorter than 32 bytes is within reach of an offline guess
+    from a single captured cookie; ``python -c 'import secrets;
+    print(secrets.token_urlsafe(48))'`` makes a good one.
+    """
+    if not secret_list:
+        raise ValueError("a secret is required")
+    for position, value in enumerate(secret_list, start=1):
+        if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"secret #{position} is {len(value.encode('utf-8'))} bytes; at least "
+                f"{MIN_SECRET_BYTES} are needed so that a captured cookie cannot be used to "
+                "guess it (make one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
