@@ -39,7 +39,6 @@ setup(
         "Programming Language :: Python :: 3.14",
         "Topic :: Database",
         "Topic :: Internet :: WWW/HTTP :: Session",
-        "License :: OSI Approved :: MIT License",
     ],
     keywords="pyramid session postgresql pytest",
     license="MIT",

@@ -103,13 +103,18 @@ def _open_path_to(directory: Path) -> None:
 
 
 def _hand_over(args: list[str], user: pwd.struct_passwd) -> Path | None:
-    """Give ``user`` the directory holding the data directory and log file."""
+    """Give ``user`` the directory holding the data directory and log file.
+
+    The path is opened again on every call, not only at initdb: a pytest run
+    started meanwhile resets its temporary root to 0700, which would lock
+    pg_ctl out of the server it must later query and stop.
+    """
     data_dir = _data_dir(args)
     if data_dir is None:
         return None
     parent = data_dir.resolve().parent
-    if args and args[0] == "initdb":
-        _open_path_to(parent)
+    _open_path_to(parent)
+    if args[0] == "initdb":
         os.chown(parent, user.pw_uid, user.pw_gid)
     return parent
 

@@ -87,7 +87,7 @@ def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
         try:
             os.environ[PG_CTL_ENV] = find_pg_ctl(_option(request.config, "pg_bindir"))
         except FileNotFoundError as exc:
-            raise pytest.UsageError(f"pytest_pgstore: {exc}") from None
+            pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
         if os.geteuid() == 0:
             os.environ[RUN_AS_ENV] = _option(request.config, "run_as") or default_run_as_user()
         proc = request.getfixturevalue("pgstore_proc")

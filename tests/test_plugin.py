@@ -1,0 +1,128 @@
+"""pytest_pgstore as a downstream app's test suite sees it (pytester)."""
+
+import os
+
+import psycopg2
+import pytest
+
+DOWNSTREAM_TESTS = """
+import webtest
+from pyramid.config import Configurator
+from pyramid.response import Response
+
+
+def make_app(settings):
+    def login(request):
+        request.session.invalidate()
+        request.session["user"] = request.params["user"]
+        return Response("ok")
+
+    def whoami(request):
+        return Response(request.session.get("user", "nobody"))
+
+    def logout(request):
+        request.session.invalidate()
+        return Response("bye")
+
+    with Configurator(settings={**settings, "pgstore.timeout": "600"}) as config:
+        config.include("pyramid_pgstore")
+        config.add_route("login", "/login")
+        config.add_route("whoami", "/whoami")
+        config.add_route("logout", "/logout")
+        config.add_view(login, route_name="login")
+        config.add_view(whoami, route_name="whoami")
+        config.add_view(logout, route_name="logout")
+    return webtest.TestApp(config.make_wsgi_app())
+
+
+def test_login_then_logout(pgstore_settings):
+    app = make_app(pgstore_settings)
+    app.get("/login", {"user": "ann"})
+    assert app.get("/whoami").text == "ann"
+    app.get("/logout")
+    assert app.get("/whoami").text == "nobody"
+
+
+def test_login_expires(pgstore_settings, pgstore_clock):
+    app = make_app(pgstore_settings)
+    app.get("/login", {"user": "ann"})
+    pgstore_clock.advance(601)
+    assert app.get("/whoami").text == "nobody"
+
+
+def test_every_test_starts_empty(pgstore_store, pgstore_dsn):
+    with psycopg2.connect(pgstore_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM http_sessions")
+        assert cur.fetchone() == (0,)
+    pgstore_store.save("leftover", {"n": 1}, 60)
+
+
+def test_every_test_starts_empty_again(pgstore_store, pgstore_dsn):
+    test_every_test_starts_empty(pgstore_store, pgstore_dsn)
+
+
+def test_the_clock_is_back_to_real_time(pgstore_clock):
+    assert pgstore_clock.offset == 0
+"""
+
+
+def _downstream(pytester):
+    pytester.makepyfile(test_downstream="import psycopg2\n" + DOWNSTREAM_TESTS)
+
+
+def test_a_downstream_suite_uses_the_fixtures(pytester):
+    _downstream(pytester)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+
+
+def test_a_downstream_suite_under_xdist(pytester):
+    _downstream(pytester)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+
+
+def test_options_are_listed_in_help(pytester):
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(["*--pgstore-dsn*", "*--pgstore-pg-bindir*", "*--pgstore-run-as*"])
+
+
+def test_an_existing_server_is_used_when_given_by_ini(pytester, pgstore_server):
+    """--pgstore-dsn / pgstore_dsn: no server is started; a database of the
+    run's own is created on the given one, and dropped afterwards."""
+    _downstream(pytester)
+    pytester.makeini(f"[pytest]\npgstore_dsn = {pgstore_server.admin_dsn}\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=5)
+    with psycopg2.connect(pgstore_server.admin_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgstore_test_%%'")
+        (databases,) = cur.fetchone()
+    assert databases == 1  # ours only: the downstream run dropped both of its own
+
+
+def test_a_suite_that_does_not_use_the_fixtures_starts_no_server(pytester):
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--setup-plan")
+    assert "pgstore_proc" not in result.stdout.str()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_missing_postgresql_binaries_give_a_clear_error(pytester):
+    pytester.makepyfile(test_needs_db="def test_db(pgstore_dsn):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgstore-pg-bindir", "/nonexistent")
+    result.stdout.fnmatch_lines(["*PostgreSQL's server programs were not found*apt-get install postgresql*"])
+    assert "Traceback" not in result.stdout.str()
+    assert result.ret != 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only under root")
+def test_under_root_the_server_runs_as_an_unprivileged_user(pgstore_dsn):
+    conn = psycopg2.connect(pgstore_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (pid,) = cur.fetchone()
+    finally:
+        conn.close()
+    assert os.stat(f"/proc/{pid}").st_uid != 0
