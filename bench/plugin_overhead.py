@@ -51,12 +51,15 @@ def run_suite(body: str, count: int, workdir: Path) -> float:
     # The server start is paid once per run whatever the fixture: time it
     # apart with a single-test run and subtract it.
     started = time.perf_counter()
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"the suite failed:\n{result.stdout[:6000]}{result.stderr[-2000:]}")
+    return elapsed
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ from webob.cookies import CookieProfile, SignedSerializer
 SALT = "pyramid_pgstore.session."
 MIN_SECRET_BYTES = 32
 
+# RFC 6265: a cookie name is an HTTP token.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
 # 32 random bytes, URL-safe base64 without padding: 43 characters.
 _SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{43}\Z")
 
@@ -86,6 +89,7 @@ class SessionCookie:
         httponly: bool = True,
         samesite: str | None = "Lax",
     ) -> None:
+        check_cookie_name(cookie_name)
         self.name = cookie_name
         self.max_age = max_age
         self.signer = RotatingSigner(secret_list)
@@ -115,15 +119,15 @@ class SessionCookie:
     def set(self, response: Response, session_id: str) -> None:
         """Send the signed id."""
         self._profile.set_cookies(response, session_id)
-        _vary_on_cookie(response)
+        vary_on_cookie(response)
 
     def delete(self, response: Response) -> None:
         """Tell the browser to drop the cookie."""
         self._profile.set_cookies(response, None)
-        _vary_on_cookie(response)
+        vary_on_cookie(response)
 
 
-def _vary_on_cookie(response: Response) -> None:
+def vary_on_cookie(response: Response) -> None:
     """A response that sets the session cookie depends on the Cookie header:
     a shared cache must not hand it to another user."""
     vary = response.vary or ()
@@ -147,3 +151,9 @@ def check_secrets(secret_list: Sequence[str]) -> None:
                 f"{MIN_SECRET_BYTES} are needed so that a captured cookie cannot be used to "
                 "guess it (make one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
+
+
+def check_cookie_name(name: str) -> None:
+    """Refuse a cookie name that browsers would not accept (RFC 6265 token)."""
+    if not _COOKIE_NAME.match(name):
+        raise ValueError("must be letters, digits and !#$%&'*+-.^_`|~ only (no spaces, ';', '=' or quotes)")

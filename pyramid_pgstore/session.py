@@ -28,7 +28,7 @@ from pyramid.response import Response
 from zope.interface import implementer, provider
 
 from . import _clock
-from .cookie import SessionCookie, check_secrets, new_session_id
+from .cookie import SessionCookie, check_secrets, new_session_id, vary_on_cookie
 from .store import PGStore, SessionRecord, storage_key
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +80,11 @@ class PGStoreSession(dict):
             record = self._store.load(session_id)
             if record is not None:
                 self._adopt(session_id, record, current_secret)
+            else:
+                # Expired or deleted: drop the cookie unless the session gets
+                # written, so the browser stops sending a dead id (a query each).
+                self._delete_cookie = True
+                self._finish_with_response()
 
     def _adopt(self, session_id: str, record: SessionRecord, current_secret: bool) -> None:
         dict.update(self, record.data)
@@ -135,6 +140,7 @@ class PGStoreSession(dict):
     popitem = _changes(dict.popitem)
     setdefault = _changes(dict.setdefault)
     update = _changes(dict.update)
+    __ior__ = _changes(dict.__ior__)
 
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
         storage = self.setdefault(_FLASH_PREFIX + queue, [])
@@ -170,6 +176,10 @@ class PGStoreSession(dict):
         self.request = None  # the session outlives the request in some apps
         if not self._set_on_exception and getattr(request, "exception", None) is not None:
             return
+        if self._payload is not None:
+            # This response was made with a stored session's data: a shared
+            # cache must not serve it to a request with another cookie.
+            vary_on_cookie(response)
         if not self:
             if self._id is not None:  # emptied by the app: nothing left to keep
                 self._store.delete(self._id)

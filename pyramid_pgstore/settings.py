@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from pyramid.exceptions import ConfigurationError
 from pyramid.path import DottedNameResolver
 
-from .cookie import check_secrets
+from .cookie import check_cookie_name, check_secrets
 
 PREFIX = "pgstore."
 _NONE = ("", "none", "null", "off")
@@ -56,16 +56,22 @@ def _number(value: Any, kind: type = float, minimum: float = 0) -> Any:
     return number
 
 
-def _seconds_or_none(value: Any) -> float | None:
+def _seconds_or_none(value: Any, minimum: float = 0) -> float | None:
     if value is None or str(value).strip().lower() in _NONE:
         return None
-    return _number(value)
+    return _number(value, float, minimum)
 
 
-def _int_or_none(value: Any) -> int | None:
+def _int_or_none(value: Any, minimum: int = 0) -> int | None:
     if value is None or str(value).strip().lower() in _NONE:
         return None
-    return _number(value, int)
+    return _number(value, int, minimum)
+
+
+def _cookie_name(value: Any) -> str:
+    name = _required(value)
+    check_cookie_name(name)
+    return name
 
 
 def _secrets(value: Any) -> list[str]:
@@ -102,14 +108,14 @@ class Setting(NamedTuple):
 SETTINGS: tuple[Setting, ...] = (
     Setting("dsn", None, _required),
     Setting("secret", None, _secrets),
-    Setting("cookie_name", "session", _required),
-    Setting("max_age", None, _int_or_none),
+    Setting("cookie_name", "session", _cookie_name),
+    Setting("max_age", None, lambda v: _int_or_none(v, 1)),
     Setting("path", "/", _text),
     Setting("domain", None, _optional_text),
     Setting("secure", False, _bool),
     Setting("httponly", True, _bool),
     Setting("samesite", "Lax", _samesite),
-    Setting("timeout", 1200, _seconds_or_none),
+    Setting("timeout", 1200, lambda v: _seconds_or_none(v, 1)),
     Setting("reissue_time", None, _seconds_or_none),
     Setting("set_on_exception", True, _bool),
     Setting("max_length", 4096, lambda v: _number(v, int)),
