@@ -997,37 +997,6 @@ def test_eight_threads_on_one_session(pgstore_settings, pgstore_dsn):
 # -- a factory built in code ---------------------------------------------------------------------
 
 
-def test_the_readme_code_only_example(pgstore_dsn):
-    import secrets
-
-    from pyramid.view import view_config
-
-    @view_config(route_name="home", renderer="json")
-    def home(request):
-        request.session["visits"] = request.session.get("visits", 0) + 1
-        return {"visits": request.session["visits"]}
-
-    store = PGStore(pgstore_dsn, table="http_sessions", pool_max=5)
-    factory = PGStoreSessionFactory(
-        store,
-        secrets.token_urlsafe(48),
-        cookie_name="sid",
-        timeout=1800,
-        secure=False,
-    )
-    config = Configurator()
-    config.set_session_factory(factory)
-    config.add_route("home", "/")
-    config.add_view(home, route_name="home", renderer="json")
-    app = webtest.TestApp(config.make_wsgi_app())
-    try:
-        assert [app.get("/").json["visits"] for _ in range(3)] == [1, 2, 3]
-        assert set(app.cookies) == {"sid"}
-        assert store.stats()["queries"] > 0
-    finally:
-        store.close()
-
-
 def test_a_code_built_factory_takes_a_list_of_secrets(pgstore_store):
     old, new = "o" * 40, "n" * 40
 
