@@ -52,6 +52,7 @@ setup(
         "paste.app_factory": ["main = pyramid_pgstore.demo:main"],
         "pytest11": ["pgstore = pytest_pgstore.plugin"],
         "console_scripts": [
+            "pgstore-cleanup = pyramid_pgstore.scripts.cleanup:main",
             "pgstore-pg-ctl = pytest_pgstore.pg_ctl:main",
         ],
     },

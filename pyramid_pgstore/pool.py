@@ -20,7 +20,8 @@ import os
 import threading
 import time
 import weakref
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg2
@@ -175,6 +176,16 @@ class Checkout:
         """Connections opened so far, where the pool is ours to count."""
         return None
 
+    @contextmanager
+    def dedicated(self) -> Iterator[Connection]:
+        """A connection held for a long task (the cleanup lock), in autocommit
+        mode; it does not take a slot that requests are waiting for."""
+        conn = self.getconn()
+        try:
+            yield conn
+        finally:
+            self.putconn(conn)
+
     def close(self) -> None:
         """Stop lending; closes the pool only if this checkout created it."""
         with self._cond:
@@ -212,6 +223,20 @@ class OwnedPool(Checkout):
 
     def _lent_from(self) -> _KeepIdlePool | None:
         return self._current
+
+    @contextmanager
+    def dedicated(self) -> Iterator[Connection]:
+        # A connection of its own, outside the pool: with pool_max = 1 the
+        # cleanup's batches would otherwise wait forever for the one slot.
+        try:
+            conn = psycopg2.connect(**self._connect_kwargs)
+        except psycopg2.OperationalError as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+        try:
+            conn.autocommit = True
+            yield conn
+        finally:
+            conn.close()
 
     @property
     def opened(self) -> int:

@@ -129,8 +129,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def parse_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+def parse_settings(settings: Mapping[str, Any], *, need_secret: bool = True) -> dict[str, Any]:
     """Read every ``pgstore.*`` setting; return them by name, without prefix.
+
+    ``need_secret=False`` is for tools that never see a cookie (the cleanup
+    script): a missing secret is then no error.
 
     :raises ConfigurationError: a required setting is missing, a value does
         not parse, or a ``pgstore.*`` key is not a known setting (a typo).
@@ -143,6 +146,9 @@ def parse_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     parsed = {}
     for setting in SETTINGS:
         raw = settings.get(PREFIX + setting.name, setting.default)
+        if setting.name == "secret" and not need_secret and not raw:
+            parsed["secret"] = []
+            continue
         try:
             parsed[setting.name] = setting.parse(raw)
         except (ValueError, ImportError, AttributeError) as exc:

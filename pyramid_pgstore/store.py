@@ -25,6 +25,7 @@ from psycopg2.extensions import parse_dsn
 from psycopg2.pool import AbstractConnectionPool
 
 from . import _clock
+from .cleanup import DEFAULT_BATCH_SIZE, Cleaner, CleanupHandle, run_cleanup
 from .errors import SessionTooLarge, StoreUnavailable
 from .pool import BorrowedPool, Checkout, OwnedPool
 
@@ -33,7 +34,6 @@ log = logging.getLogger("pyramid_pgstore")
 T = TypeVar("T")
 
 DEFAULT_TABLE = "http_sessions"
-DEFAULT_BATCH_SIZE = 1000
 
 
 class Serializer(Protocol):
@@ -141,27 +141,19 @@ class _Statements:
         self.delete = f"DELETE FROM {t} WHERE key = %(key)s"
         # Bounded batches: each is its own short transaction, and SKIP LOCKED
         # never waits for a row a live request is writing.
+        self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
+        self.table_stats = (
+            f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
+            " pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
+            f" FROM {t}"
+        )
+        self.try_cleanup_lock = (
+            "SELECT pg_try_advisory_xact_lock(hashtext('pyramid_pgstore cleanup ' || %(table)s))"
+        )
         self.delete_expired_batch = (
             f"DELETE FROM {t} WHERE key IN (SELECT key FROM {t}"
             f" WHERE expires_on <= {now} LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
         )
-
-
-class CleanupHandle:
-    """A running background cleanup (Go's Cleanup); :meth:`stop` ends it."""
-
-    def __init__(self, thread: threading.Thread, stop_event: threading.Event) -> None:
-        self._thread = thread
-        self._stop_event = stop_event
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask the thread to stop and wait for it (Go's StopCleanup)."""
-        self._stop_event.set()
-        self._thread.join(timeout)
 
 
 class PGStore:
@@ -359,10 +351,24 @@ class PGStore:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         total = 0
         while True:
-            deleted = self._run(self._sql.delete_expired_batch, {"limit": batch_size}, _rowcount)
+            deleted = self._delete_expired_batch(batch_size)
             total += deleted
             if deleted < batch_size:
                 return total
+
+    def _delete_expired_batch(self, limit: int) -> int:
+        return self._run(self._sql.delete_expired_batch, {"limit": limit}, _rowcount)
+
+    def count_expired(self) -> int:
+        """How many expired rows are waiting for cleanup (a full count)."""
+        return self._run(self._sql.count_expired, {}, _scalar)
+
+    def table_stats(self) -> dict[str, int]:
+        """Live and expired row counts, table and index sizes in bytes."""
+        live, expired, table_bytes, index_bytes = self._run(
+            self._sql.table_stats, {"table": self._sql.quoted_table}, _one
+        )
+        return {"live": live, "expired": expired, "table_bytes": table_bytes, "index_bytes": index_bytes}
 
     # -- background cleanup -------------------------------------------------
 
@@ -370,35 +376,18 @@ class PGStore:
         """Every ``interval`` seconds, delete expired sessions (Go's RunCleanup).
 
         Yields, for each run, the number deleted or the exception that run
-        hit, until ``stop_event`` is set. The first run is one interval in.
+        hit, until ``stop_event`` is set. Runs are batched and locked (see
+        :mod:`pyramid_pgstore.cleanup`); waits are ``interval`` ± 10 %.
         """
-        if interval <= 0:
-            raise ValueError(f"interval must be positive, got {interval}")
-        while not stop_event.wait(interval):
-            try:
-                yield self.delete_expired()
-            except Exception as exc:  # reported to the consumer, never raised
-                yield exc
+        return run_cleanup(Cleaner(self), interval, stop_event)
 
     def cleanup(self, interval: float) -> CleanupHandle:
         """Start a daemon thread running :meth:`run_cleanup` (Go's Cleanup).
 
         Each run's error is logged and the thread goes on. :meth:`close` stops it.
         """
-        stop_event = threading.Event()
-        runs = self.run_cleanup(interval, stop_event)
-
-        def loop() -> None:
-            for result in runs:
-                if isinstance(result, Exception):
-                    log.error("cleanup failed: %s", result)
-                elif result:
-                    log.info("cleanup deleted %d expired sessions", result)
-
-        thread = threading.Thread(target=loop, name=f"pgstore-cleanup-{self.table}", daemon=True)
-        handle = CleanupHandle(thread, stop_event)
+        handle = CleanupHandle(Cleaner(self), interval)
         self._cleanups.append(handle)
-        thread.start()
         return handle
 
     # -- lifecycle ------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""Deleting expired sessions without hurting live traffic.
+
+Peers delete every expired row in one statement; on tables of millions of
+rows that holds locks and bloats one transaction for seconds. Here a pass
+deletes in batches, each its own short transaction that skips rows a request
+is writing, and only one cleaner works on a table at a time: the others see
+the lock taken and skip their pass. The lock is a transaction-level advisory
+lock held on a connection of its own, so it works through PgBouncer in
+transaction pooling mode too.
+
+Used by ``PGStore.cleanup`` / ``run_cleanup`` (in the app) and by the
+``pgstore-cleanup`` script.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import PGStore
+
+log = logging.getLogger("pyramid_pgstore")
+
+DEFAULT_BATCH_SIZE = 1000
+_LOCK_POLL = 0.5  # seconds between tries when waiting for another cleaner
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    """What one pass did. ``skipped``: another cleaner held the lock."""
+
+    deleted: int
+    batches: int
+    seconds: float
+    skipped: bool = False
+
+
+class Cleaner:
+    """Runs cleanup passes over one store's table.
+
+    :param batch_size: rows deleted per statement (and per transaction).
+    """
+
+    def __init__(self, store: PGStore, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.store = store
+        self.batch_size = batch_size
+
+    @contextmanager
+    def _lock(self, wait: bool, stop: threading.Event | None) -> Iterator[bool]:
+        """Hold the table's cleanup lock for the block; yield whether we got it."""
+        with self.store._checkout.dedicated() as conn:
+            conn.autocommit = False
+            try:
+                with conn.cursor() as cur:
+                    # Holding a lock while idle must not get this session killed.
+                    cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+                    while True:
+                        cur.execute(self.store._sql.try_cleanup_lock, {"table": self.store._sql.quoted_table})
+                        (locked,) = cur.fetchone()
+                        if locked or not wait or (stop is not None and stop.is_set()):
+                            break
+                        if stop is not None:
+                            stop.wait(_LOCK_POLL)
+                        else:
+                            time.sleep(_LOCK_POLL)
+                yield locked
+            finally:
+                conn.rollback()  # ends the transaction: releases the lock
+                conn.autocommit = True
+
+    def run_once(
+        self,
+        *,
+        wait: bool = False,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> CleanupResult:
+        """One pass: delete expired rows in batches until none are left.
+
+        :param wait: wait for another cleaner to finish instead of skipping.
+        :param stop: when set, the pass ends after the batch in progress.
+        :param on_batch: called after each batch with (deleted so far, seconds).
+        """
+        started = time.monotonic()
+        with self._lock(wait, stop) as locked:
+            if not locked:
+                return CleanupResult(0, 0, time.monotonic() - started, skipped=True)
+            deleted = batches = 0
+            while stop is None or not stop.is_set():
+                count = self.store._delete_expired_batch(self.batch_size)
+                deleted += count
+                batches += 1
+                if on_batch is not None:
+                    on_batch(deleted, time.monotonic() - started)
+                if count < self.batch_size:
+                    break
+        return CleanupResult(deleted, batches, time.monotonic() - started)
+
+
+def run_cleanup(cleaner: Cleaner, interval: float, stop_event: threading.Event) -> Iterator[int | Exception]:
+    """Every ``interval`` seconds (± 10 % so instances started together drift
+    apart), run a pass; yield the number deleted or the exception it hit."""
+    if interval <= 0:
+        raise ValueError(f"interval must be positive, got {interval}")
+    while not stop_event.wait(interval * random.uniform(0.9, 1.1)):  # noqa: S311 - jitter, not secrets
+        try:
+            yield cleaner.run_once(stop=stop_event).deleted
+        except Exception as exc:  # reported to the consumer, never raised
+            yield exc
+
+
+class CleanupHandle:
+    """A running background cleanup (Go's Cleanup); :meth:`stop` ends it."""
+
+    def __init__(self, cleaner: Cleaner, interval: float) -> None:
+        self._stop_event = threading.Event()
+        runs = run_cleanup(cleaner, interval, self._stop_event)
+        self._thread = threading.Thread(
+            target=self._log_runs, args=(runs,), name=f"pgstore-cleanup-{cleaner.store.table}", daemon=True
+        )
+        self._thread.start()
+
+    @staticmethod
+    def _log_runs(runs: Iterator[int | Exception]) -> None:
+        for result in runs:
+            if isinstance(result, Exception):
+                log.error("cleanup failed: %s", result)
+            elif result:
+                log.info("cleanup deleted %d expired sessions", result)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to stop (after its current batch) and wait for it
+        (Go's StopCleanup)."""
+        self._stop_event.set()
+        self._thread.join(timeout)
