@@ -6,6 +6,7 @@ from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 from pyramid.registry import Registry
 from pyramid.request import Request
+from pyramid.tweens import EXCVIEW
 from zope.interface import Interface
 
 from .session import PGStoreSessionFactory
@@ -32,6 +33,7 @@ def includeme(config: Configurator) -> None:
             pool_min=options["pool_min"],
             pool_max=options["pool_max"],
             pool_timeout=options["pool_timeout"],
+            statement_timeout=options["statement_timeout"],
             create_table=options["create_table"],
             max_length=options["max_length"],
             serializer=options["serializer"],
@@ -55,6 +57,7 @@ def includeme(config: Configurator) -> None:
     )
     config.registry.registerUtility(store, IPGStore)
     config.set_session_factory(factory)
+    config.add_tween("pyramid_pgstore.session.session_tween_factory", under=EXCVIEW)
     if options["cleanup_interval"]:
         store.cleanup(options["cleanup_interval"])
 

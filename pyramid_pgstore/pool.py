@@ -212,7 +212,9 @@ class OwnedPool(Checkout):
     def _reset_after_fork(self) -> None:
         super()._reset_after_fork()
         # The parent's connections are not ours: closing them would send a
-        # Terminate message on the parent's sockets. Forget them unclosed.
+        # Terminate message on the parent's sockets. Forget them unclosed
+        # (psycopg2 does not close, when collected, a connection that
+        # another process opened).
         self._current: _KeepIdlePool | None = None
 
     def _pool(self) -> _KeepIdlePool:

@@ -74,7 +74,8 @@ class PGStoreSession(dict):
         self._refresh = False  # the expiry is due for a refresh
         self._resign = False  # the cookie was signed by a retired secret
         self._delete_cookie = False
-        self._finishing = False
+        self._finishing = False  # _finish is due when the response is ready
+        self._finished = False
         session_id, current_secret = self._cookie.read(request)
         if session_id is not None:
             record = self._store.load(session_id)
@@ -172,7 +173,15 @@ class PGStoreSession(dict):
             self.request.add_response_callback(self._finish)
 
     def _finish(self, request: Request, response: Response) -> None:
-        """Write what changed (at most one statement) and set the cookie."""
+        """Write what changed (at most one statement) and set the cookie.
+
+        Runs once: from :func:`session_tween_factory` when the view returned
+        normally (so a store error reaches the app's exception views), else
+        as a response callback.
+        """
+        if self._finished:
+            return
+        self._finished = True
         self.request = None  # the session outlives the request in some apps
         if not self._set_on_exception and getattr(request, "exception", None) is not None:
             return
@@ -260,3 +269,25 @@ def PGStoreSessionFactory(
         "_set_on_exception": set_on_exception,
     }
     return provider(ISessionFactory)(type("PGStoreSession", (PGStoreSession,), attributes))
+
+
+def session_tween_factory(
+    handler: Callable[[Request], Response], registry: Any
+) -> Callable[[Request], Response]:
+    """Finish the session inside the tween chain, under Pyramid's exception
+    view tween, so that :class:`~pyramid_pgstore.StoreUnavailable` or
+    :class:`~pyramid_pgstore.SessionTooLarge` raised by the final write can
+    be turned into a response by the app's exception views (a 503, say).
+
+    ``config.include('pyramid_pgstore')`` adds it; without it the session is
+    finished by a response callback, outside the exception views.
+    """
+
+    def finish_session(request: Request) -> Response:
+        response = handler(request)
+        session = request.__dict__.get("session")  # only if the view used it
+        if isinstance(session, PGStoreSession) and session._finishing:
+            session._finish(request, response)
+        return response
+
+    return finish_session

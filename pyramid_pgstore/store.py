@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import psycopg2
+import psycopg2.errors
 from psycopg2.extensions import cursor as Cursor
 from psycopg2.extensions import parse_dsn
 from psycopg2.pool import AbstractConnectionPool
@@ -139,8 +140,6 @@ class _Statements:
         )
         self.touch = f"UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND expires_on > {now}"
         self.delete = f"DELETE FROM {t} WHERE key = %(key)s"
-        # Bounded batches: each is its own short transaction, and SKIP LOCKED
-        # never waits for a row a live request is writing.
         self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
@@ -150,9 +149,13 @@ class _Statements:
         self.try_cleanup_lock = (
             "SELECT pg_try_advisory_xact_lock(hashtext('pyramid_pgstore cleanup ' || %(table)s))"
         )
+        # Bounded batches: each is its own short transaction, and SKIP LOCKED
+        # never waits for a row a live request is writing. Rows are found by
+        # ctid, locked by this same statement so they cannot move under it:
+        # five times faster than joining on key (bench/cleanup.py).
         self.delete_expired_batch = (
-            f"DELETE FROM {t} WHERE key IN (SELECT key FROM {t}"
-            f" WHERE expires_on <= {now} LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            f"DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t}"
+            f" WHERE expires_on <= {now} LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
 
 
@@ -170,6 +173,10 @@ class PGStore:
     :param pool_timeout: seconds a checkout waits for a free connection
         before :class:`~pyramid_pgstore.PoolTimeout`; also the default
         libpq ``connect_timeout``.
+    :param statement_timeout: seconds after which PostgreSQL cancels a
+        statement (a lock held on the table, an overloaded server), so a
+        request fails with :class:`~pyramid_pgstore.StoreUnavailable` instead
+        of hanging. Sent as a connection option; None leaves the server's.
     :param create_table: create the table and its index if missing.
     :param max_length: largest serialized session in bytes; 0 = unlimited.
     :param serializer: ``dumps``/``loads`` object; JSON by default.
@@ -183,13 +190,15 @@ class PGStore:
         pool_min: int = 1,
         pool_max: int = 10,
         pool_timeout: float = 30.0,
+        statement_timeout: float | None = None,
         create_table: bool = True,
         max_length: int = 4096,
         serializer: Serializer | None = None,
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError(f"need 0 <= pool_min <= pool_max and pool_max >= 1, got {pool_min}, {pool_max}")
-        checkout = OwnedPool(pool_min, pool_max, pool_timeout, _connect_kwargs(dsn, pool_timeout))
+        connect_kwargs = _connect_kwargs(dsn, pool_timeout, statement_timeout)
+        checkout = OwnedPool(pool_min, pool_max, pool_timeout, connect_kwargs)
         self.dsn: str | None = dsn
         self._setup(checkout, table, pool_timeout, create_table, max_length, serializer)
         # Nothing stays open from construction: a server that forks workers
@@ -261,6 +270,8 @@ class PGStore:
                     self._queries += 1
                     cur.execute(sql, params)
                     return result(cur)
+            except psycopg2.errors.QueryCanceled as exc:
+                raise StoreUnavailable(f"the database canceled the statement: {exc}".strip()) from exc
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 if not conn.closed:
                     raise  # the statement failed; the connection is fine
@@ -423,7 +434,7 @@ class PGStore:
 _LIVE_STORES: weakref.WeakSet[PGStore] = weakref.WeakSet()
 
 
-def _connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
+def _connect_kwargs(dsn: str, pool_timeout: float, statement_timeout: float | None) -> dict[str, Any]:
     """libpq parameters: the DSN, plus defaults it does not set itself."""
     try:
         given = parse_dsn(dsn)
@@ -435,6 +446,9 @@ def _connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
         kwargs["connect_timeout"] = max(2, int(pool_timeout + 0.999))
     if "application_name" not in given:
         kwargs["application_name"] = "pyramid_pgstore"
+    if statement_timeout is not None:
+        milliseconds = max(1, round(statement_timeout * 1000))
+        kwargs["options"] = f"{given.get('options', '')} -c statement_timeout={milliseconds}".strip()
     return kwargs
 
 

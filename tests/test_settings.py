@@ -52,6 +52,7 @@ CONFIGURED = {
     "pool_min": ("0", 0),
     "pool_max": ("3", 3),
     "pool_timeout": ("2.5", 2.5),
+    "statement_timeout": ("1.5", 1.5),
     "cleanup_interval": ("3600", 3600.0),
     "serializer": ("json", json),
 }
@@ -93,6 +94,7 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
         "pool_min": 1,
         "pool_max": 10,
         "pool_timeout": 30,
+        "statement_timeout": None,
         "cleanup_interval": 0,
         "serializer": None,
     }
