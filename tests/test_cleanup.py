@@ -9,20 +9,10 @@ import time
 
 import psycopg2
 import pytest
+from db import sql
 
 from pyramid_pgstore import Cleaner, PGStore
 from pyramid_pgstore.scripts.cleanup import main
-
-
-def sql(dsn, query, params=None):
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def add_rows(dsn, count, expired, prefix):

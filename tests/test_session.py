@@ -11,9 +11,9 @@ import json
 import logging
 import threading
 
-import psycopg2
 import pytest
 import webtest
+from db import sql
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
 from pyramid.interfaces import ISession
@@ -27,18 +27,6 @@ from pyramid_pgstore.cookie import SALT
 from pyramid_pgstore.store import storage_key
 
 # -- helpers ------------------------------------------------------------------
-
-
-def sql(dsn, query, params=None):
-    """Run one query on a connection of the test's own; return all rows (or [])."""
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def rows(dsn):

@@ -6,22 +6,11 @@ import time
 
 import psycopg2
 import pytest
+from db import sql
 from psycopg2.extensions import make_dsn
 
 from pyramid_pgstore import PGStore, PGStoreError, SessionTooLarge, StoreUnavailable
 from pyramid_pgstore.store import storage_key
-
-
-def sql(dsn, query, params=None):
-    """Run one query on a connection of the test's own; return all rows (or [])."""
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def test_save_then_load_returns_the_data_and_the_record(pgstore_store):
