@@ -34,6 +34,7 @@ def includeme(config: Configurator) -> None:
             pool_max=options["pool_max"],
             pool_timeout=options["pool_timeout"],
             statement_timeout=options["statement_timeout"],
+            synchronous_commit=options["synchronous_commit"],
             create_table=options["create_table"],
             max_length=options["max_length"],
             serializer=options["serializer"],

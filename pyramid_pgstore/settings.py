@@ -125,6 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool_max", 10, lambda v: _number(v, int, 1)),
     Setting("pool_timeout", 30, lambda v: _number(v, float, 0.001)),
     Setting("statement_timeout", None, lambda v: _seconds_or_none(v, 0.001)),
+    Setting("synchronous_commit", True, _bool),
     Setting("cleanup_interval", 0, _number),
     Setting("serializer", None, _serializer),
 )

@@ -106,10 +106,17 @@ class _Statements:
 
     NOW = "(now() + make_interval(secs => %(offset)s))"
 
-    def __init__(self, table: str) -> None:
+    # Joined into a write statement: synchronous_commit off for that one
+    # statement's transaction only (set_config(..., true) is SET LOCAL), so it
+    # never leaks to the connection, and works behind PgBouncer.
+    ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+
+    def __init__(self, table: str, synchronous_commit: bool = True) -> None:
         t, index = _quoted_table(table)
         self.quoted_table = t
         now = self.NOW
+        from_async = "" if synchronous_commit else f" FROM {self.ASYNC_COMMIT}"
+        using_async = "" if synchronous_commit else f" USING {self.ASYNC_COMMIT}"
         expires = f"COALESCE({now} + make_interval(secs => %(ttl)s), 'infinity')"
         self.regclass = "SELECT to_regclass(%(table)s) IS NOT NULL"
         self.create = (
@@ -132,14 +139,16 @@ class _Statements:
         # (not yet cleaned up) starts over with a new created_on.
         self.save = (
             f"INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
-            f" VALUES (%(key)s, %(data)s, {now}, {now}, {expires})"
+            f" SELECT %(key)s, %(data)s, {now}, {now}, {expires}{from_async}"
             " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data,"
             " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on,"
             " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
             " THEN s.created_on ELSE EXCLUDED.created_on END"
         )
-        self.touch = f"UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND expires_on > {now}"
-        self.delete = f"DELETE FROM {t} WHERE key = %(key)s"
+        self.touch = (
+            f"UPDATE {t} SET expires_on = {expires}{from_async} WHERE key = %(key)s AND expires_on > {now}"
+        )
+        self.delete = f"DELETE FROM {t}{using_async} WHERE key = %(key)s"
         self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
@@ -177,6 +186,10 @@ class PGStore:
         statement (a lock held on the table, an overloaded server), so a
         request fails with :class:`~pyramid_pgstore.StoreUnavailable` instead
         of hanging. Sent as a connection option; None leaves the server's.
+    :param synchronous_commit: False commits session writes without waiting
+        for the WAL flush (``synchronous_commit = off`` for those transactions
+        only): faster writes; a database crash may lose the last fraction of a
+        second of session writes, never corrupts. Reads are unaffected.
     :param create_table: create the table and its index if missing.
     :param max_length: largest serialized session in bytes; 0 = unlimited.
     :param serializer: ``dumps``/``loads`` object; JSON by default.
@@ -191,6 +204,7 @@ class PGStore:
         pool_max: int = 10,
         pool_timeout: float = 30.0,
         statement_timeout: float | None = None,
+        synchronous_commit: bool = True,
         create_table: bool = True,
         max_length: int = 4096,
         serializer: Serializer | None = None,
@@ -200,7 +214,7 @@ class PGStore:
         connect_kwargs = _connect_kwargs(dsn, pool_timeout, statement_timeout)
         checkout = OwnedPool(pool_min, pool_max, pool_timeout, connect_kwargs)
         self.dsn: str | None = dsn
-        self._setup(checkout, table, pool_timeout, create_table, max_length, serializer)
+        self._setup(checkout, table, pool_timeout, synchronous_commit, create_table, max_length, serializer)
         # Nothing stays open from construction: a server that forks workers
         # now gives them no shared socket. Each process connects on first use.
         checkout.release()
@@ -212,6 +226,7 @@ class PGStore:
         *,
         table: str = DEFAULT_TABLE,
         pool_timeout: float = 30.0,
+        synchronous_commit: bool = True,
         create_table: bool = True,
         max_length: int = 4096,
         serializer: Serializer | None = None,
@@ -223,9 +238,8 @@ class PGStore:
         """
         store = cls.__new__(cls)
         store.dsn = None
-        store._setup(
-            BorrowedPool(pool, pool_timeout), table, pool_timeout, create_table, max_length, serializer
-        )
+        checkout = BorrowedPool(pool, pool_timeout)
+        store._setup(checkout, table, pool_timeout, synchronous_commit, create_table, max_length, serializer)
         return store
 
     def _setup(
@@ -233,6 +247,7 @@ class PGStore:
         checkout: Checkout,
         table: str,
         pool_timeout: float,
+        synchronous_commit: bool,
         create_table: bool,
         max_length: int,
         serializer: Serializer | None,
@@ -244,7 +259,7 @@ class PGStore:
         self.table = table
         self.max_length = max_length
         self.serializer: Serializer = serializer or JSONSerializer()
-        self._sql = _Statements(table)
+        self._sql = _Statements(table, synchronous_commit)
         self._checkout = checkout
         self._queries = 0
         self._cleanups: list[CleanupHandle] = []

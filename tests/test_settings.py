@@ -53,6 +53,7 @@ CONFIGURED = {
     "pool_max": ("3", 3),
     "pool_timeout": ("2.5", 2.5),
     "statement_timeout": ("1.5", 1.5),
+    "synchronous_commit": ("off", False),
     "cleanup_interval": ("3600", 3600.0),
     "serializer": ("json", json),
 }
@@ -95,6 +96,7 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
         "pool_max": 10,
         "pool_timeout": 30,
         "statement_timeout": None,
+        "synchronous_commit": True,
         "cleanup_interval": 0,
         "serializer": None,
     }

@@ -428,3 +428,22 @@ def test_close_stops_cleanup_threads(pgstore_dsn):
     handle = store.cleanup(60)
     store.close()
     assert not handle.running
+
+
+def test_synchronous_commit_off_applies_to_the_write_only(app_pool, pgstore_dsn):
+    store = PGStore.from_pool(app_pool, synchronous_commit=False)
+    store.save("id-1", {"n": 1}, 60)
+    assert store.touch("id-1", 120) is True
+    assert store.load("id-1").data == {"n": 1}
+    assert store.delete("id-1") is True
+    assert store.delete("id-1") is False
+    # The setting lived in each write's own transaction: the pooled
+    # connections are back to the server's default.
+    held = [app_pool.getconn() for _ in range(4)]
+    for conn in held:
+        with conn.cursor() as cur:
+            cur.execute("SHOW synchronous_commit")
+            assert cur.fetchone() == ("on",)
+        conn.rollback()
+        app_pool.putconn(conn)
+    store.close()
