@@ -19,8 +19,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: $(STAMP) lint
-	.ci/need-postgres
+	.ci/need-postgres pgbouncer
 	$(BIN)/pytest -n 2
+
+# make bench: the session backends side by side (bench/README.rst); about 15
+# minutes. make bench BENCH_ARGS=--quick: a 2-minute smoke run. Never part of test.
+bench: $(STAMP)
+	.ci/need-postgres
+	bench/setup.sh $(VENV)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	.ci/need-postgres

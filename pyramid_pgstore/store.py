@@ -106,17 +106,22 @@ class _Statements:
 
     NOW = "(now() + make_interval(secs => %(offset)s))"
 
-    # Joined into a write statement: synchronous_commit off for that one
-    # statement's transaction only (set_config(..., true) is SET LOCAL), so it
-    # never leaks to the connection, and works behind PgBouncer.
-    ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
-
-    def __init__(self, table: str, synchronous_commit: bool = True) -> None:
+    def __init__(
+        self, table: str, synchronous_commit: bool = True, statement_timeout: float | None = None
+    ) -> None:
         t, index = _quoted_table(table)
         self.quoted_table = t
         now = self.NOW
-        from_async = "" if synchronous_commit else f" FROM {self.ASYNC_COMMIT}"
-        using_async = "" if synchronous_commit else f" USING {self.ASYNC_COMMIT}"
+        # Settings for one statement's transaction only: several statements
+        # in one query string run as one implicit transaction, so SET LOCAL
+        # costs no round trip, never stays on the connection, and works
+        # behind PgBouncer in transaction mode.
+        limit = (
+            ""
+            if statement_timeout is None
+            else f"SET LOCAL statement_timeout = {_milliseconds(statement_timeout)}; "
+        )
+        write = limit + ("" if synchronous_commit else "SET LOCAL synchronous_commit = off; ")
         expires = f"COALESCE({now} + make_interval(secs => %(ttl)s), 'infinity')"
         self.regclass = "SELECT to_regclass(%(table)s) IS NOT NULL"
         self.create = (
@@ -132,23 +137,23 @@ class _Statements:
             " COMMIT;"
         )
         self.load = (
-            f"SELECT data, created_on, modified_on, expires_on, {now} FROM {t}"
+            f"{limit}SELECT data, created_on, modified_on, expires_on, {now} FROM {t}"
             f" WHERE key = %(key)s AND expires_on > {now}"
         )
         # One statement whether the row exists or not. A row that had expired
         # (not yet cleaned up) starts over with a new created_on.
         self.save = (
-            f"INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
-            f" SELECT %(key)s, %(data)s, {now}, {now}, {expires}{from_async}"
+            f"{write}INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
+            f" VALUES (%(key)s, %(data)s, {now}, {now}, {expires})"
             " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data,"
             " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on,"
             " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
             " THEN s.created_on ELSE EXCLUDED.created_on END"
         )
         self.touch = (
-            f"UPDATE {t} SET expires_on = {expires}{from_async} WHERE key = %(key)s AND expires_on > {now}"
+            f"{write}UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND expires_on > {now}"
         )
-        self.delete = f"DELETE FROM {t}{using_async} WHERE key = %(key)s"
+        self.delete = f"{write}DELETE FROM {t} WHERE key = %(key)s"
         self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
@@ -163,7 +168,7 @@ class _Statements:
         # ctid, locked by this same statement so they cannot move under it:
         # five times faster than joining on key (bench/cleanup.py).
         self.delete_expired_batch = (
-            f"DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t}"
+            f"{limit}DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t}"
             f" WHERE expires_on <= {now} LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
 
@@ -185,7 +190,8 @@ class PGStore:
     :param statement_timeout: seconds after which PostgreSQL cancels a
         statement (a lock held on the table, an overloaded server), so a
         request fails with :class:`~pyramid_pgstore.StoreUnavailable` instead
-        of hanging. Sent as a connection option; None leaves the server's.
+        of hanging. Set per statement (``SET LOCAL``), so it works behind
+        PgBouncer; None leaves the server's setting.
     :param synchronous_commit: False commits session writes without waiting
         for the WAL flush (``synchronous_commit = off`` for those transactions
         only): faster writes; a database crash may lose the last fraction of a
@@ -211,10 +217,18 @@ class PGStore:
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError(f"need 0 <= pool_min <= pool_max and pool_max >= 1, got {pool_min}, {pool_max}")
-        connect_kwargs = _connect_kwargs(dsn, pool_timeout, statement_timeout)
-        checkout = OwnedPool(pool_min, pool_max, pool_timeout, connect_kwargs)
+        checkout = OwnedPool(pool_min, pool_max, pool_timeout, _connect_kwargs(dsn, pool_timeout))
         self.dsn: str | None = dsn
-        self._setup(checkout, table, pool_timeout, synchronous_commit, create_table, max_length, serializer)
+        self._setup(
+            checkout,
+            table,
+            pool_timeout,
+            statement_timeout,
+            synchronous_commit,
+            create_table,
+            max_length,
+            serializer,
+        )
         # Nothing stays open from construction: a server that forks workers
         # now gives them no shared socket. Each process connects on first use.
         checkout.release()
@@ -226,6 +240,7 @@ class PGStore:
         *,
         table: str = DEFAULT_TABLE,
         pool_timeout: float = 30.0,
+        statement_timeout: float | None = None,
         synchronous_commit: bool = True,
         create_table: bool = True,
         max_length: int = 4096,
@@ -239,7 +254,16 @@ class PGStore:
         store = cls.__new__(cls)
         store.dsn = None
         checkout = BorrowedPool(pool, pool_timeout)
-        store._setup(checkout, table, pool_timeout, synchronous_commit, create_table, max_length, serializer)
+        store._setup(
+            checkout,
+            table,
+            pool_timeout,
+            statement_timeout,
+            synchronous_commit,
+            create_table,
+            max_length,
+            serializer,
+        )
         return store
 
     def _setup(
@@ -247,6 +271,7 @@ class PGStore:
         checkout: Checkout,
         table: str,
         pool_timeout: float,
+        statement_timeout: float | None,
         synchronous_commit: bool,
         create_table: bool,
         max_length: int,
@@ -259,7 +284,7 @@ class PGStore:
         self.table = table
         self.max_length = max_length
         self.serializer: Serializer = serializer or JSONSerializer()
-        self._sql = _Statements(table, synchronous_commit)
+        self._sql = _Statements(table, synchronous_commit, statement_timeout)
         self._checkout = checkout
         self._queries = 0
         self._cleanups: list[CleanupHandle] = []
@@ -449,7 +474,7 @@ class PGStore:
 _LIVE_STORES: weakref.WeakSet[PGStore] = weakref.WeakSet()
 
 
-def _connect_kwargs(dsn: str, pool_timeout: float, statement_timeout: float | None) -> dict[str, Any]:
+def _connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
     """libpq parameters: the DSN, plus defaults it does not set itself."""
     try:
         given = parse_dsn(dsn)
@@ -461,10 +486,11 @@ def _connect_kwargs(dsn: str, pool_timeout: float, statement_timeout: float | No
         kwargs["connect_timeout"] = max(2, int(pool_timeout + 0.999))
     if "application_name" not in given:
         kwargs["application_name"] = "pyramid_pgstore"
-    if statement_timeout is not None:
-        milliseconds = max(1, round(statement_timeout * 1000))
-        kwargs["options"] = f"{given.get('options', '')} -c statement_timeout={milliseconds}".strip()
     return kwargs
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _unserializable(serializer: Serializer, data: Mapping[str, Any], exc: TypeError) -> str:

@@ -5,8 +5,9 @@ a test asks for one of the ``pgstore_*`` fixtures, and every name here is
 prefixed, so an app's own pytest-postgresql fixtures are left alone.
 
 Fixtures: ``pgstore_dsn``, ``pgstore_store``, ``pgstore_settings``,
-``pgstore_clock`` (per test); ``pgstore_server`` and ``pgstore_proc`` (per
-session, or per worker under pytest-xdist).
+``pgstore_clock``, ``pgstore_pgbouncer_settings``, ``pgstore_pgbouncer_store``
+(per test); ``pgstore_server``, ``pgstore_proc`` and ``pgstore_pgbouncer_dsn``
+(per session, or per worker under pytest-xdist).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from pytest_postgresql import factories
 
 from .pg_ctl import PG_CTL_ENV, RUN_AS_ENV, default_run_as_user, find_pg_ctl, launcher_path
+from .pgbouncer import PgBouncer, find_pgbouncer
 
 if TYPE_CHECKING:
     from pyramid_pgstore import PGStore
@@ -31,7 +33,9 @@ _OPTIONS = {
     "pg_bindir": "directory holding PostgreSQL's server programs (pg_ctl, initdb, postgres); "
     "found with pg_config, PATH or /usr/lib/postgresql/*/bin when unset",
     "run_as": "when tests run as root: the unprivileged user that runs the server "
-    "(default: postgres if that user exists, else nobody)",
+    "and pgbouncer (default: postgres if that user exists, else nobody)",
+    "pgbouncer": "path of the pgbouncer program for the pgstore_pgbouncer_* fixtures "
+    "(default: PATH, then /usr/sbin/pgbouncer; tests that use them are skipped when it is missing)",
 }
 
 
@@ -88,8 +92,9 @@ def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
             os.environ[PG_CTL_ENV] = find_pg_ctl(_option(request.config, "pg_bindir"))
         except FileNotFoundError as exc:
             pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
-        if os.geteuid() == 0:
-            os.environ[RUN_AS_ENV] = _option(request.config, "run_as") or default_run_as_user()
+        run_as = _run_as(request.config)
+        if run_as:
+            os.environ[RUN_AS_ENV] = run_as
         proc = request.getfixturevalue("pgstore_proc")
         admin_dsn = f"host={proc.host} port={proc.port} user={proc.user} dbname=postgres"
         if proc.password:
@@ -141,17 +146,22 @@ def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any) -> Iterator[str]:
 
     Tables persist between tests (so a store's CREATE TABLE is paid once);
     their rows do not. Stores built on it during the test (an app made from
-    ``pgstore_settings``, say) are closed after it, so no test leaks
-    connections into the next.
+    ``pgstore_settings``, say), or on ``pgstore_pgbouncer_dsn``, are closed
+    after it, so no test leaks connections into the next.
     """
     with _pgstore_janitor.cursor() as cur:
         cur.execute(_EMPTY_ALL_TABLES)
     yield pgstore_server.dsn
     from pyramid_pgstore.store import _LIVE_STORES
 
+    dsns = {pgstore_server.dsn, *_BOUNCER_DSNS}
     for store in list(_LIVE_STORES):
-        if store.dsn == pgstore_server.dsn:
+        if store.dsn in dsns:
             store.close()
+
+
+# The DSN of pgstore_pgbouncer_dsn, once started in this process.
+_BOUNCER_DSNS: set[str] = set()
 
 
 @pytest.fixture
@@ -169,6 +179,88 @@ def pgstore_settings(pgstore_dsn: str) -> dict[str, str]:
     """``pgstore.*`` settings for ``config.include('pyramid_pgstore')``:
     the test database and a random secret. Merge them into your app's settings."""
     return {"pgstore.dsn": pgstore_dsn, "pgstore.secret": secrets.token_urlsafe(48)}
+
+
+def _run_as(config: pytest.Config) -> str | None:
+    """Under root, the user that runs the server and pgbouncer; else None."""
+    if os.geteuid() != 0:
+        return None
+    return _option(config, "run_as") or default_run_as_user()
+
+
+@pytest.fixture(scope="session")
+def pgstore_pgbouncer_dsn(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """DSN of this session's database (``pgstore_server.dsn``) through PgBouncer
+    in transaction pooling mode.
+
+    Starts ``pgbouncer`` in the foreground on a free loopback port (as the
+    ``--pgstore-run-as`` user when running as root), in front of the
+    throwaway server or the one ``--pgstore-dsn`` names, and stops it after
+    the session. ``pool_mode = transaction`` with two server connections per
+    database and user, so client connections share them as in production:
+    whatever a client leaves on a server connection (``SET`` outside a
+    transaction, a session advisory lock, a prepared statement, ``LISTEN``)
+    is seen by other clients, or missing on the client's next transaction. A
+    client waits at most 10 s for a server connection, so a transaction left
+    open fails the next queries instead of hanging them. As PgBouncer does by
+    default, it refuses a client that sends startup parameters it cannot
+    keep per client (libpq ``options``). Any database name is forwarded to
+    the same name on the server; ``dbname=pgbouncer`` is PgBouncer's admin
+    console (``SHOW POOLS``).
+
+    It does not empty tables between tests: use ``pgstore_pgbouncer_settings``
+    or ``pgstore_pgbouncer_store``, or ask for ``pgstore_dsn`` too. Tests that
+    use it are skipped when pgbouncer is not installed (Debian/Ubuntu:
+    ``apt-get install pgbouncer``), unless ``--pgstore-pgbouncer`` names it.
+    """
+    given = _option(request.config, "pgbouncer")
+    executable = find_pgbouncer(given)
+    if executable is None:
+        if given:
+            pytest.fail(f"pytest_pgstore: --pgstore-pgbouncer: no program at {given}", pytrace=False)
+        pytest.skip("pgbouncer is not installed (Debian/Ubuntu: apt-get install pgbouncer)")
+    from psycopg2.extensions import parse_dsn
+
+    # Asked for only now, so that a skip starts no PostgreSQL either.
+    pgstore_server: Server = request.getfixturevalue("pgstore_server")
+    bouncer = PgBouncer(
+        executable,
+        pgstore_server.admin_dsn,
+        tmp_path_factory.mktemp("pgbouncer"),
+        run_as=_run_as(request.config),
+    )
+    try:
+        bouncer.start()
+    except RuntimeError as exc:
+        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
+    dsn = bouncer.dsn(parse_dsn(pgstore_server.dsn)["dbname"])
+    _BOUNCER_DSNS.add(dsn)
+    try:
+        yield dsn
+    finally:
+        _BOUNCER_DSNS.discard(dsn)
+        bouncer.stop()
+
+
+@pytest.fixture
+def pgstore_pgbouncer_settings(pgstore_pgbouncer_dsn: str, pgstore_dsn: str) -> dict[str, str]:
+    """``pgstore_settings`` through PgBouncer: the database emptied as for
+    ``pgstore_dsn``, reached through ``pgstore_pgbouncer_dsn``, and a random
+    secret. Stores built on it during the test are closed after it."""
+    return {"pgstore.dsn": pgstore_pgbouncer_dsn, "pgstore.secret": secrets.token_urlsafe(48)}
+
+
+@pytest.fixture
+def pgstore_pgbouncer_store(pgstore_pgbouncer_dsn: str, pgstore_dsn: str) -> Iterator[PGStore]:
+    """A :class:`pyramid_pgstore.PGStore` on the emptied database through
+    PgBouncer in transaction mode, closed after the test."""
+    from pyramid_pgstore import PGStore
+
+    store = PGStore(pgstore_pgbouncer_dsn)
+    yield store
+    store.close()
 
 
 class StoreClock:

@@ -5,6 +5,8 @@ import os
 import psycopg2
 import pytest
 
+from pytest_pgstore.pgbouncer import find_pgbouncer
+
 DOWNSTREAM_TESTS = """
 import webtest
 from pyramid.config import Configurator
@@ -84,7 +86,9 @@ def test_a_downstream_suite_under_xdist(pytester):
 
 def test_options_are_listed_in_help(pytester):
     result = pytester.runpytest_subprocess("--help")
-    result.stdout.fnmatch_lines(["*--pgstore-dsn*", "*--pgstore-pg-bindir*", "*--pgstore-run-as*"])
+    result.stdout.fnmatch_lines(
+        ["*--pgstore-dsn*", "*--pgstore-pg-bindir*", "*--pgstore-run-as*", "*--pgstore-pgbouncer*"]
+    )
 
 
 def test_an_existing_server_is_used_when_given_by_ini(pytester, pgstore_server):
@@ -123,6 +127,57 @@ def test_under_root_the_server_runs_as_an_unprivileged_user(pgstore_dsn):
         with conn.cursor() as cur:
             cur.execute("SELECT pg_backend_pid()")
             (pid,) = cur.fetchone()
+        owner = os.stat(f"/proc/{pid}").st_uid  # while the backend lives: it ends with the connection
     finally:
         conn.close()
-    assert os.stat(f"/proc/{pid}").st_uid != 0
+    assert owner != 0
+
+
+DOWNSTREAM_PGBOUNCER_TESTS = """
+import psycopg2
+
+
+def test_login_then_logout_through_pgbouncer(pgstore_pgbouncer_settings):
+    app = make_app(pgstore_pgbouncer_settings)
+    app.get("/login", {"user": "ann"})
+    assert app.get("/whoami").text == "ann"
+    app.get("/logout")
+    assert app.get("/whoami").text == "nobody"
+
+
+def test_the_store_goes_through_pgbouncer(pgstore_pgbouncer_store, pgstore_pgbouncer_dsn, pgstore_dsn):
+    assert pgstore_pgbouncer_store.dsn == pgstore_pgbouncer_dsn != pgstore_dsn
+    pgstore_pgbouncer_store.save("id", {"n": 1}, 60)
+    with psycopg2.connect(pgstore_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM http_sessions")
+        assert cur.fetchone() == (1,)
+    conn.close()
+"""
+
+
+@pytest.mark.skipif(find_pgbouncer() is None, reason="pgbouncer is not installed")
+def test_a_downstream_suite_runs_sessions_through_pgbouncer(pytester):
+    pytester.makepyfile(test_downstream=DOWNSTREAM_TESTS.split("def test_")[0] + DOWNSTREAM_PGBOUNCER_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=2)
+
+
+def test_without_pgbouncer_its_tests_are_skipped_and_start_no_server(pytester):
+    pytester.makeconftest(
+        "import pytest_pgstore.plugin\npytest_pgstore.plugin.find_pgbouncer = lambda path='': None\n"
+    )
+    pytester.makepyfile(
+        test_bouncer="def test_through_pgbouncer(pgstore_pgbouncer_settings):\n    pass\n",
+        test_plain="def test_plain():\n    pass\n",
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "--setup-show")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*pgbouncer is not installed (Debian/Ubuntu: apt-get install *"])
+    assert "pgstore_proc" not in result.stdout.str()
+
+
+def test_a_pgbouncer_path_that_is_wrong_fails_instead_of_skipping(pytester):
+    pytester.makepyfile(test_bouncer="def test_through_pgbouncer(pgstore_pgbouncer_dsn):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgstore-pgbouncer", "/nonexistent")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*--pgstore-pgbouncer: no program at /nonexistent*"])
