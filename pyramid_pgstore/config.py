@@ -58,7 +58,7 @@ def includeme(config: Configurator) -> None:
     )
     config.registry.registerUtility(store, IPGStore)
     config.set_session_factory(factory)
-    config.add_tween("pyramid_pgstore.session.session_tween_factory", under=EXCVIEW)
+    config.add_tween("pyramid_pgstore.session.session_tween_factory", over=EXCVIEW)
     if options["cleanup_interval"]:
         store.cleanup(options["cleanup_interval"])
 

@@ -151,7 +151,9 @@ class Checkout:
             try:
                 if pool is None:
                     raise PoolError("the pool was closed during the checkout")
-                if not broken:
+                if broken:
+                    self._forget(conn)
+                else:
                     self._unlend(conn)
                 pool.putconn(conn, close=broken)
             except PoolError:
@@ -171,6 +173,9 @@ class Checkout:
     def _unlend(self, conn: Connection) -> None:
         pass
 
+    def _forget(self, conn: Connection) -> None:
+        pass
+
     @property
     def opened(self) -> int | None:
         """Connections opened so far, where the pool is ours to count."""
@@ -179,7 +184,8 @@ class Checkout:
     @contextmanager
     def dedicated(self) -> Iterator[Connection]:
         """A connection held for a long task (the cleanup lock), in autocommit
-        mode; it does not take a slot that requests are waiting for."""
+        mode. From a borrowed pool it is one of the pool's connections, held
+        for the task; an owned pool opens one outside the pool instead."""
         conn = self.getconn()
         try:
             yield conn
@@ -284,8 +290,7 @@ class BorrowedPool(Checkout):
     def _unlend(self, conn: Connection) -> None:
         conn.autocommit = self._autocommit.pop(id(conn), False)
 
-    def putconn(self, conn: Connection, broken: bool = False) -> None:
-        super().putconn(conn, broken)
+    def _forget(self, conn: Connection) -> None:
         self._autocommit.pop(id(conn), None)
 
 

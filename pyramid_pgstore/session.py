@@ -18,6 +18,7 @@ dict method only reads.
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -175,9 +176,8 @@ class PGStoreSession(dict):
     def _finish(self, request: Request, response: Response) -> None:
         """Write what changed (at most one statement) and set the cookie.
 
-        Runs once: from :func:`session_tween_factory` when the view returned
-        normally (so a store error reaches the app's exception views), else
-        as a response callback.
+        Runs once: from :func:`session_tween_factory` (so a store error
+        reaches the app's exception views), else as a response callback.
         """
         if self._finished:
             return
@@ -203,10 +203,17 @@ class PGStoreSession(dict):
             self._id = new_session_id()
             self._store.save_serialized(self._id, payload, self._ttl)
             send_cookie = True
-        elif payload != self._payload:
-            self._store.save_serialized(self._id, payload, self._ttl)
-        elif self._refresh:
-            self._store.touch(self._id, self._ttl)
+        elif payload != self._payload or self._refresh:
+            # Only a live row is written: a session that another request
+            # invalidated (a logout) or that expired meanwhile stays gone.
+            if payload != self._payload:
+                alive = self._store.replace_serialized(self._id, payload, self._ttl)
+            else:
+                alive = self._store.touch(self._id, self._ttl)
+            if not alive:
+                self._id = None
+                self._cookie.delete(response)
+                return
         elif not self._resign:
             return  # read only: nothing to write, nothing to send
         self._payload = payload
@@ -274,10 +281,13 @@ def PGStoreSessionFactory(
 def session_tween_factory(
     handler: Callable[[Request], Response], registry: Any
 ) -> Callable[[Request], Response]:
-    """Finish the session inside the tween chain, under Pyramid's exception
-    view tween, so that :class:`~pyramid_pgstore.StoreUnavailable` or
-    :class:`~pyramid_pgstore.SessionTooLarge` raised by the final write can
-    be turned into a response by the app's exception views (a 503, say).
+    """Finish the session once the response is known, inside the tween chain.
+
+    Placed over Pyramid's exception view tween, it sees the final response
+    whether the view returned or raised (``raise HTTPFound(...)`` after a
+    login). If the final write fails (:class:`~pyramid_pgstore.StoreUnavailable`,
+    :class:`~pyramid_pgstore.SessionTooLarge`), the app's exception view for
+    it makes the response (a 503, say); with none, the error propagates.
 
     ``config.include('pyramid_pgstore')`` adds it; without it the session is
     finished by a response callback, outside the exception views.
@@ -287,7 +297,10 @@ def session_tween_factory(
         response = handler(request)
         session = request.__dict__.get("session")  # only if the view used it
         if isinstance(session, PGStoreSession) and session._finishing:
-            session._finish(request, response)
+            try:
+                session._finish(request, response)
+            except Exception:
+                return request.invoke_exception_view(sys.exc_info(), reraise=True)
         return response
 
     return finish_session

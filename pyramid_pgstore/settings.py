@@ -160,6 +160,12 @@ def parse_settings(settings: Mapping[str, Any], *, need_secret: bool = True) -> 
         raise ConfigurationError(
             f"{PREFIX}pool_min: must not be over pgstore.pool_max ({parsed['pool_max']})"
         )
+    lifetime = parsed["timeout"] if parsed["timeout"] is not None else parsed["max_age"]
+    if parsed["reissue_time"] is not None and lifetime is not None and parsed["reissue_time"] >= lifetime:
+        raise ConfigurationError(
+            f"{PREFIX}reissue_time: must be under the session lifetime ({lifetime:g} s), "
+            "or a session that is only read would expire while in use"
+        )
     if parsed["samesite"] == "None" and not parsed["secure"]:
         raise ConfigurationError(f"{PREFIX}samesite: None needs {PREFIX}secure = true (browsers require it)")
     return parsed

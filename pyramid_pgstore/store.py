@@ -124,17 +124,18 @@ class _Statements:
         write = limit + ("" if synchronous_commit else "SET LOCAL synchronous_commit = off; ")
         expires = f"COALESCE({now} + make_interval(secs => %(ttl)s), 'infinity')"
         self.regclass = "SELECT to_regclass(%(table)s) IS NOT NULL"
+        # One query string is one implicit transaction: the advisory lock
+        # serializes processes creating the table at once, and a failure
+        # leaves no transaction open on the connection.
         self.create = (
-            "BEGIN;"
-            " SELECT pg_advisory_xact_lock(hashtext(%(table)s));"
+            "SELECT pg_advisory_xact_lock(hashtext(%(table)s));"
             f" CREATE TABLE IF NOT EXISTS {t} ("
             " key text PRIMARY KEY,"
             " data text NOT NULL,"
             " created_on timestamptz NOT NULL,"
             " modified_on timestamptz NOT NULL,"
             " expires_on timestamptz NOT NULL);"
-            f" CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_on);"
-            " COMMIT;"
+            f" CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_on)"
         )
         self.load = (
             f"{limit}SELECT data, created_on, modified_on, expires_on, {now} FROM {t}"
@@ -149,6 +150,10 @@ class _Statements:
             " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on,"
             " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
             " THEN s.created_on ELSE EXCLUDED.created_on END"
+        )
+        self.replace = (
+            f"{write}UPDATE {t} SET data = %(data)s, modified_on = {now}, expires_on = {expires}"
+            f" WHERE key = %(key)s AND expires_on > {now}"
         )
         self.touch = (
             f"{write}UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND expires_on > {now}"
@@ -313,8 +318,8 @@ class PGStore:
             except psycopg2.errors.QueryCanceled as exc:
                 raise StoreUnavailable(f"the database canceled the statement: {exc}".strip()) from exc
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if not conn.closed:
-                    raise  # the statement failed; the connection is fine
+                if not conn.closed:  # the statement failed, the connection is fine
+                    raise StoreUnavailable(f"the database refused the statement: {exc}".strip()) from exc
                 broken = True
                 if attempt == 2:
                     raise StoreUnavailable(f"lost the database connection twice: {exc}".strip()) from exc
@@ -337,13 +342,13 @@ class PGStore:
         :raises TypeError: a value cannot be serialized; the message names its key.
         """
         try:
-            payload = self.serializer.dumps(dict(data))
+            payload = self.serializer.dumps(data if isinstance(data, dict) else dict(data))
         except TypeError as exc:
             raise TypeError(_unserializable(self.serializer, data, exc)) from exc
         if isinstance(payload, bytes):
             payload = payload.decode("utf-8")
         if self.max_length:
-            size = len(payload.encode("utf-8"))
+            size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
             if size > self.max_length:
                 raise SessionTooLarge(size, self.max_length)
         return payload
@@ -380,6 +385,16 @@ class PGStore:
         """:meth:`save` for a payload already made by :meth:`serialize`."""
         params = {"key": storage_key(session_id), "data": payload, "ttl": ttl}
         self._run(self._sql.save, params, _nothing)
+
+    def replace_serialized(self, session_id: str, payload: str, ttl: float | None) -> bool:
+        """Replace the data of a live session; returns False, writing nothing,
+        when it is gone (deleted by another request, or expired).
+
+        What the session factory uses for a session it loaded, so that a
+        request that started before a logout cannot bring the session back.
+        """
+        params = {"key": storage_key(session_id), "data": payload, "ttl": ttl}
+        return self._run(self._sql.replace, params, _rowcount) > 0
 
     def touch(self, session_id: str, ttl: float | None) -> bool:
         """Move the expiry to ``ttl`` seconds from now; data is untouched.
@@ -486,6 +501,17 @@ def _connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
         kwargs["connect_timeout"] = max(2, int(pool_timeout + 0.999))
     if "application_name" not in given:
         kwargs["application_name"] = "pyramid_pgstore"
+    # A network cut or a frozen host would otherwise block a statement until
+    # the kernel gives up (about 15 minutes): unacknowledged data fails after
+    # tcp_user_timeout, and keepalives find a dead idle connection.
+    defaults = {
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": max(2, int(pool_timeout + 0.999)) * 1000,
+    }
+    kwargs.update((name, value) for name, value in defaults.items() if name not in given)
     return kwargs
 
 

@@ -279,3 +279,34 @@ def backend_pids(dsn):
             return {pid for (pid,) in cur.fetchall()}
     finally:
         conn.close()
+
+
+def test_a_failed_final_write_after_a_redirect_reaches_the_exception_view(pgstore_settings, pgstore_dsn):
+    """The view changes the session and raises HTTPFound (the usual login);
+    the write then fails: the app's StoreUnavailable view answers, not a 500."""
+    from pyramid.httpexceptions import HTTPFound
+
+    def login(request):
+        request.session["user"] = "ann"
+        raise HTTPFound("/read")
+
+    client = webtest.TestApp(make_app_with(pgstore_settings, login))
+    client.get("/incr")  # the session is stored
+    timer = hold_table_lock(pgstore_dsn, 3.0)
+    response = client.get("/login", status=503)
+    assert "unavailable" in response.text
+    timer.join()
+    assert client.get("/read").json == {"n": 1}  # the failed write changed nothing
+
+
+def make_app_with(settings, login):
+    with Configurator(settings={**settings, "pgstore.statement_timeout": "0.3"}) as config:
+        config.include("pyramid_pgstore")
+        config.add_route("incr", "/incr")
+        config.add_route("read", "/read")
+        config.add_route("login", "/login")
+        config.add_view(incr, route_name="incr", renderer="json")
+        config.add_view(read, route_name="read", renderer="json")
+        config.add_view(login, route_name="login")
+        config.add_exception_view(unavailable, StoreUnavailable)
+    return config.make_wsgi_app()

@@ -1012,3 +1012,53 @@ def test_the_store_is_reachable_from_the_registry_and_the_request(pgstore_settin
     app = make_app(pgstore_settings, {"which": which})
     assert isinstance(get_store(app.app.registry), PGStore)
     assert app.get("/which").json == {"same": True}
+
+
+def test_a_request_that_began_before_a_logout_cannot_bring_the_session_back(pgstore_settings, pgstore_dsn):
+    """Request A reads the session; meanwhile request B (same cookie) logs
+    out; then A changes the session. The logout wins: nothing is written,
+    and A's response drops the cookie."""
+
+    def logout(request):
+        request.session.invalidate()
+        return {}
+
+    def slow_write(request):
+        assert request.session["user"] == "ann"
+        request.registry.concurrent_logout()  # B runs to completion here
+        request.session["last_page"] = "/account"
+        return {}
+
+    app = make_app(pgstore_settings, {"logout": logout, "slow_write": slow_write})
+    app.get("/write?user=ann")
+    other_tab = webtest.TestApp(app.app)
+    other_tab.set_cookie("session", app.cookies["session"])
+    app.app.registry.concurrent_logout = lambda: other_tab.get("/logout")
+    response = app.get("/slow_write")
+    value, attributes = the_cookie(response)
+    assert value == "" and attributes["max-age"] == "0"
+    assert rows(pgstore_dsn) == {}
+
+
+def test_an_expiry_refresh_does_not_revive_a_session_deleted_meanwhile(
+    pgstore_settings, pgstore_clock, pgstore_dsn
+):
+    def logout(request):
+        request.session.invalidate()
+        return {}
+
+    def slow_read(request):
+        value = request.session.get("user")
+        request.registry.concurrent_logout()
+        return {"user": value}
+
+    app = make_app(pgstore_settings, {"logout": logout, "slow_read": slow_read}, timeout="100")
+    app.get("/write?user=ann")
+    pgstore_clock.advance(50)  # past reissue_time: this read refreshes the expiry
+    other_tab = webtest.TestApp(app.app)
+    other_tab.set_cookie("session", app.cookies["session"])
+    app.app.registry.concurrent_logout = lambda: other_tab.get("/logout")
+    response = app.get("/slow_read")
+    assert response.json == {"user": "ann"}
+    assert the_cookie(response)[0] == ""
+    assert rows(pgstore_dsn) == {}

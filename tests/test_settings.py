@@ -144,6 +144,10 @@ BAD = {
     "timeout abc": ({"pgstore.timeout": "abc"}, "pgstore.timeout"),
     "negative timeout": ({"pgstore.timeout": "-1"}, "pgstore.timeout"),
     "zero timeout": ({"pgstore.timeout": "0"}, "pgstore.timeout"),
+    "reissue_time over timeout": (
+        {"pgstore.timeout": "60", "pgstore.reissue_time": "60"},
+        "pgstore.reissue_time",
+    ),
     "zero max_age": ({"pgstore.max_age": "0"}, "pgstore.max_age"),
     "reissue_time abc": ({"pgstore.reissue_time": "soon"}, "pgstore.reissue_time"),
     "max_age float": ({"pgstore.max_age": "1.5"}, "pgstore.max_age"),

@@ -447,3 +447,27 @@ def test_synchronous_commit_off_applies_to_the_write_only(app_pool, pgstore_dsn)
         conn.rollback()
         app_pool.putconn(conn)
     store.close()
+
+
+def test_replace_writes_only_a_live_session(pgstore_store, pgstore_clock):
+    assert pgstore_store.replace_serialized("nobody", '{"n":1}', 60) is False
+    assert pgstore_store.load("nobody") is None
+    pgstore_store.save("id-1", {"n": 1}, 10)
+    assert pgstore_store.replace_serialized("id-1", '{"n":2}', 10) is True
+    assert pgstore_store.load("id-1").data == {"n": 2}
+    pgstore_clock.advance(11)
+    assert pgstore_store.replace_serialized("id-1", '{"n":3}', 10) is False
+    assert pgstore_store.load("id-1") is None
+
+
+def test_connections_detect_a_dead_network_within_pool_timeout(pgstore_dsn):
+    with PGStore(pgstore_dsn, pool_timeout=7) as store:
+        store.load("id")
+        conn = store._checkout.getconn()
+        try:
+            parameters = conn.get_dsn_parameters()
+        finally:
+            store._checkout.putconn(conn)
+    assert parameters["keepalives"] == "1"
+    assert parameters["tcp_user_timeout"] == "7000"
+    assert parameters["connect_timeout"] == "7"

@@ -126,6 +126,7 @@ def _load_store(config_uri: str, config_vars: list[str]) -> PGStore:
             pool_min=0,
             pool_max=2,
             pool_timeout=parsed["pool_timeout"],
+            statement_timeout=parsed["statement_timeout"],
             create_table=False,
             max_length=0,
         )
@@ -179,7 +180,9 @@ def _run_pass(cleaner: Cleaner, args: argparse.Namespace, stop: threading.Event 
 def _run_forever(cleaner: Cleaner, args: argparse.Namespace) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        # Set from another thread: the handler may interrupt stop.wait()
+        # while it holds the event's lock.
+        signal.signal(signum, lambda *_: threading.Thread(target=stop.set).start())
     _say(f"cleaning {cleaner.store.table} every {args.interval:g} s; SIGINT or SIGTERM stops")
     while not stop.is_set():
         try:
