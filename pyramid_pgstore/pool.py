@@ -32,9 +32,8 @@ from .errors import PGStoreError, PoolTimeout, StoreUnavailable
 
 log = logging.getLogger("pyramid_pgstore")
 
-# A borrowed pool is also used by code that returns connections without telling
-# us, so a waiting checkout looks again this often (seconds).
-_BORROWED_POLL = 0.05
+# A waiting checkout looks again this often (seconds), even if not woken.
+_WAIT_POLL = 0.05
 
 
 class _KeepIdlePool(ThreadedConnectionPool):
@@ -44,13 +43,36 @@ class _KeepIdlePool(ThreadedConnectionPool):
     the others, so under concurrency most checkouts opened a new connection.
     """
 
-    def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, maxconn: int, *args: Any, **kwargs: Any) -> None:
         self.opened = 0
-        super().__init__(minconn, maxconn, *args, **kwargs)
+        self._connecting = 0
+        # minconn 0: nothing is opened here, under whatever lock the caller holds.
+        super().__init__(0, maxconn, *args, **kwargs)
 
-    def _connect(self, key: Any = None) -> Connection:
-        conn = super()._connect(key)
-        self.opened += 1
+    def getconn(self, key: Any = None) -> Connection:
+        """psycopg2's getconn, but a new connection is opened outside the
+        pool's lock: other threads keep taking and returning idle ones."""
+        with self._lock:
+            if self.closed:
+                raise PoolError("connection pool is closed")
+            if self._pool or key is not None:
+                return self._getconn(key)  # an idle one: no I/O
+            if len(self._used) + self._connecting >= self.maxconn:
+                raise PoolError("connection pool exhausted")
+            self._connecting += 1
+        try:
+            conn = psycopg2.connect(*self._args, **self._kwargs)
+        finally:
+            with self._lock:
+                self._connecting -= 1
+        with self._lock:
+            if self.closed:
+                conn.close()
+                raise PoolError("connection pool is closed")
+            key = self._getkey()
+            self._used[key] = conn
+            self._rused[id(conn)] = key
+            self.opened += 1
         return conn
 
     def _putconn(self, conn: Connection, key: Any = None, close: bool = False) -> None:
@@ -89,8 +111,6 @@ class Checkout:
     :meth:`putconn` in a ``finally`` block.
     """
 
-    _poll: float | None = None  # see _BORROWED_POLL
-
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.waits = 0
@@ -111,37 +131,42 @@ class Checkout:
     def getconn(self) -> Connection:
         """Return a connection, waiting up to ``timeout`` for a free one.
 
+        No lock of ours is held while a connection is opened, so a slow or
+        unreachable server delays only the threads that need a new one.
+
         :raises PoolTimeout: none became free in time.
         :raises StoreUnavailable: a new connection could not be opened.
         """
-        deadline = None
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise PGStoreError("the store is closed")
-                try:
-                    pool = self._pool()
-                    conn = pool.getconn()
-                except PoolError:
-                    if pool.closed:
-                        raise PGStoreError("the connection pool is closed") from None
-                except psycopg2.OperationalError as exc:
-                    raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
-                else:
-                    self._lend(conn)
-                    return conn
-                now = time.monotonic()
-                if deadline is None:
-                    self.waits += 1
-                    deadline = now + self.timeout
-                remaining = deadline - now
-                if remaining <= 0:
-                    self.timeouts += 1
-                    raise PoolTimeout(
-                        f"no free database connection after {self.timeout:.2f} s "
-                        f"(all {pool.maxconn} in use; raise pool_max or pool_timeout)"
-                    )
-                self._cond.wait(min(remaining, self._poll or remaining))
+        deadline = time.monotonic() + self.timeout
+        waited = False
+        while True:
+            if self._closed:
+                raise PGStoreError("the store is closed")
+            try:
+                pool = self._pool()
+                conn = pool.getconn()
+            except PoolError:
+                if pool.closed:
+                    raise PGStoreError("the connection pool is closed") from None
+            except psycopg2.OperationalError as exc:
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+            else:
+                self._lend(conn)
+                return conn
+            if not waited:
+                waited = True
+                self.waits += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.timeouts += 1
+                raise PoolTimeout(
+                    f"no free database connection after {self.timeout:.2f} s "
+                    f"(all {pool.maxconn} in use; raise pool_max or pool_timeout)"
+                )
+            with self._cond:
+                # Woken by putconn; the poll also catches returns we are not
+                # told of (a borrowed pool's other users, a missed wake-up).
+                self._cond.wait(min(remaining, _WAIT_POLL))
 
     def putconn(self, conn: Connection, broken: bool = False) -> None:
         """Give a connection back; a broken one is closed, with its idle peers."""
@@ -224,10 +249,27 @@ class OwnedPool(Checkout):
         self._current: _KeepIdlePool | None = None
 
     def _pool(self) -> _KeepIdlePool:
-        if self._current is None:
-            self._current = _KeepIdlePool(self._minconn, self._maxconn, **self._connect_kwargs)
-            log.info("opened a pool of up to %d connections", self._maxconn)
-        return self._current
+        pool = self._current
+        if pool is None:
+            with self._cond:
+                pool = self._current
+                if pool is None:
+                    pool = self._current = _KeepIdlePool(self._maxconn, **self._connect_kwargs)
+                    log.info("opened a pool of up to %d connections", self._maxconn)
+                    fresh = True
+                else:
+                    fresh = False
+            if fresh and self._minconn:
+                # pool_min: connections opened ahead, by the first thread to
+                # use the pool in this process, outside any lock.
+                warm: list[Connection] = []
+                try:
+                    for _ in range(self._minconn):
+                        warm.append(pool.getconn())
+                finally:
+                    for conn in warm:
+                        pool.putconn(conn)
+        return pool
 
     def _lent_from(self) -> _KeepIdlePool | None:
         return self._current
@@ -270,8 +312,6 @@ class OwnedPool(Checkout):
 
 class BorrowedPool(Checkout):
     """A checkout over the caller's psycopg2 pool, which it never closes."""
-
-    _poll = _BORROWED_POLL
 
     def __init__(self, pool: AbstractConnectionPool, timeout: float) -> None:
         self._borrowed = pool

@@ -471,3 +471,27 @@ def test_connections_detect_a_dead_network_within_pool_timeout(pgstore_dsn):
     assert parameters["keepalives"] == "1"
     assert parameters["tcp_user_timeout"] == "7000"
     assert parameters["connect_timeout"] == "7"
+
+
+def test_a_server_that_never_answers_delays_each_request_once_not_in_turn():
+    """A host that accepts TCP but never speaks (a frozen server): every
+    thread needing a connection fails after about pool_timeout, together,
+    not one pool_timeout after the other."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # never accepted: the handshake completes, nothing answers
+    port = listener.getsockname()[1]
+    try:
+        store = PGStore(f"host=127.0.0.1 port={port} user=x dbname=x", pool_timeout=2, create_table=False)
+        started = time.monotonic()
+        threads, errors, _ = run_threads(4, lambda i: store.load(f"id-{i}"))
+        for thread in threads:
+            thread.join(30)
+        elapsed = time.monotonic() - started
+        assert len(errors) == 4 and all(isinstance(e, StoreUnavailable) for e in errors)
+        assert elapsed < 2 * 2  # four in turn would take 8 s
+        store.close()
+    finally:
+        listener.close()
