@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 import webtest
+from db import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 from psycopg2.pool import ThreadedConnectionPool
 from pyramid.config import Configurator
@@ -27,18 +28,6 @@ from pyramid.config import Configurator
 from pyramid_pgstore import PGStore, StoreUnavailable, get_store
 from pytest_pgstore.pgbouncer import POOL_SIZE, TRACKED_PARAMETERS, PgBouncer, find_pgbouncer
 from pytest_pgstore.plugin import _run_as
-
-
-def sql(dsn, query, params=None):
-    """Run one query on a connection of the test's own; return all rows (or [])."""
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def console(bouncer_dsn, command):
