@@ -22,8 +22,8 @@ test: $(STAMP) lint
 	.ci/need-postgres pgbouncer
 	$(BIN)/pytest -n 2
 
-# make bench: the session backends side by side (bench/README.rst); about 15
-# minutes. make bench BENCH_ARGS=--quick: a 2-minute smoke run. Never part of test.
+# make bench: the session backends side by side (bench/README.rst); about 12
+# minutes. make bench BENCH_ARGS=--quick: a smoke run under 2 minutes. Never part of test.
 bench: $(STAMP)
 	.ci/need-postgres
 	bench/setup.sh $(VENV)
