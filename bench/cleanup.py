@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--expired", type=int, default=1_000_000)
     parser.add_argument("--live", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--rest", type=float, default=1.0)
     parser.add_argument("--quiet-seconds", type=float, default=10.0)
     args = parser.parse_args()
 
@@ -125,7 +126,7 @@ def main() -> None:
         quiet, _ = measure(store, args.live, lambda: time.sleep(args.quiet_seconds))
 
         fill(dsn, args.expired, 0)
-        cleaner = Cleaner(store, batch_size=args.batch_size)
+        cleaner = Cleaner(store, batch_size=args.batch_size, rest=args.rest)
         result = None
 
         def batched() -> None:
@@ -156,7 +157,7 @@ def main() -> None:
     print(f"{'phase':28s} {'seconds':>8s} {'ops':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 / quiet':>12s}")
     for name, lat, seconds in [
         ("quiet (no cleanup)", quiet, args.quiet_seconds),
-        (f"pgstore batches of {args.batch_size}", ours, ours_seconds),
+        (f"pgstore {args.batch_size}/batch, rest {args.rest:g}", ours, ours_seconds),
         ("one DELETE statement", theirs, theirs_seconds),
     ]:
         p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyramid_pgstore")
 
 DEFAULT_BATCH_SIZE = 1000
+DEFAULT_REST = 1.0
 _LOCK_POLL = 0.5  # seconds between tries when waiting for another cleaner
 
 
@@ -46,13 +47,21 @@ class Cleaner:
     """Runs cleanup passes over one store's table.
 
     :param batch_size: rows deleted per statement (and per transaction).
+    :param rest: after each batch, pause this many times as long as the batch
+        took: at 1.0 a pass uses at most half of what the database could give
+        it, leaving the rest to live requests (bench/cleanup.py).
     """
 
-    def __init__(self, store: PGStore, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self, store: PGStore, batch_size: int = DEFAULT_BATCH_SIZE, rest: float = DEFAULT_REST
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if rest < 0:
+            raise ValueError(f"rest must be 0 or more, got {rest}")
         self.store = store
         self.batch_size = batch_size
+        self.rest = rest
 
     @contextmanager
     def _lock(self, wait: bool, stop: threading.Event | None) -> Iterator[bool]:
@@ -95,7 +104,9 @@ class Cleaner:
             if not locked:
                 return CleanupResult(0, 0, time.monotonic() - started, skipped=True)
             deleted = batches = 0
-            while stop is None or not stop.is_set():
+            stop = stop or threading.Event()
+            while not stop.is_set():
+                batch_started = time.monotonic()
                 count = self.store._delete_expired_batch(self.batch_size)
                 deleted += count
                 batches += 1
@@ -103,6 +114,7 @@ class Cleaner:
                     on_batch(deleted, time.monotonic() - started)
                 if count < self.batch_size:
                     break
+                stop.wait(self.rest * (time.monotonic() - batch_started))
         return CleanupResult(deleted, batches, time.monotonic() - started)
 
 

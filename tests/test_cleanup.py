@@ -241,3 +241,10 @@ def test_sigterm_during_interval_mode_exits_cleanly(ini, pgstore_dsn):
     assert process.returncode == 0
     assert "stopped" in output
     assert "Traceback" not in output
+
+
+def test_a_negative_rest_is_refused(pgstore_store, ini, capsys):
+    with pytest.raises(ValueError, match="rest"):
+        Cleaner(pgstore_store, rest=-1)
+    assert main(["pgstore-cleanup", ini, "--rest", "-1"]) == 2
+    assert "--rest must be 0 or more" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from pyramid.exceptions import ConfigurationError
 from pyramid.paster import get_appsettings, setup_logging
 from pyramid.scripts.common import parse_vars
 
-from pyramid_pgstore.cleanup import DEFAULT_BATCH_SIZE, Cleaner, CleanupResult
+from pyramid_pgstore.cleanup import DEFAULT_BATCH_SIZE, DEFAULT_REST, Cleaner, CleanupResult
 from pyramid_pgstore.errors import PGStoreError
 from pyramid_pgstore.settings import parse_settings
 from pyramid_pgstore.store import PGStore
@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_BATCH_SIZE,
         metavar="N",
         help=f"rows per delete statement and transaction (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--rest",
+        type=float,
+        default=DEFAULT_REST,
+        metavar="RATIO",
+        help=f"after each batch, pause RATIO times as long as it took (default {DEFAULT_REST:g})",
     )
     parser.add_argument("--wait", action="store_true", help="wait for a running cleaner instead of exiting")
     parser.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
@@ -200,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     except ScriptError as exc:
         print(f"pgstore-cleanup: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    cleaner = Cleaner(store, args.batch_size)
+    if args.rest < 0:
+        print("pgstore-cleanup: --rest must be 0 or more", file=sys.stderr)
+        return USAGE_ERROR
+    cleaner = Cleaner(store, args.batch_size, args.rest)
     try:
         if args.stats:
             stats = store.table_stats()
