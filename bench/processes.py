@@ -54,30 +54,7 @@ ENDPOINTS = ("/ping", "/read", "/incr")
 DISTURBED = 0.1
 RETRIES = 3
 
-LUA = r"""
--- Every request carries the next session cookie; each wrk instance starts
--- at its own place in the list (args: path, cookie file, instance number).
-local cookies, path, counter = {}, "/", 0
-function init(args)
-   path = args[1]
-   for line in io.lines(args[2]) do
-      if #line > 0 then cookies[#cookies + 1] = line end
-   end
-   counter = (tonumber(args[3]) * 101) % #cookies
-end
-function request()
-   counter = counter % #cookies + 1
-   return wrk.format("GET", path, { ["Cookie"] = cookies[counter] })
-end
-function done(summary, latency, requests)
-   local e = summary.errors
-   io.write(string.format(
-      '{"requests": %d, "duration_us": %d, "errors": %d, "status_errors": %d, '
-      .. '"p50_us": %d, "p99_us": %d}\n',
-      summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
-      e.status, latency:percentile(50), latency:percentile(99)))
-end
-"""
+ROTATE_LUA = Path(__file__).parent / "rotate.lua"  # shared with bench/run.py
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -211,7 +188,10 @@ def summarize(results: list[dict]) -> dict[str, float]:
     seconds = max(r["duration_us"] for r in results) / 1e6
     return {
         "rps": sum(r["requests"] for r in results) / seconds,
-        "errors": sum(r["errors"] + r["status_errors"] for r in results),
+        "errors": sum(
+            r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"] + r["status_errors"]
+            for r in results
+        ),
         "p50_ms": max(r["p50_us"] for r in results) / 1000,
         "p99_ms": max(r["p99_us"] for r in results) / 1000,
     }
@@ -238,8 +218,7 @@ def main() -> None:
         try:
             cookies = work / "cookies.txt"
             cookies.write_text("\n".join(login_sessions(servers[0], SESSIONS)) + "\n")
-            lua = work / "rotate.lua"
-            lua.write_text(LUA)
+            lua = ROTATE_LUA
             layouts = {
                 "1 process": [servers[0].port] * WRK_INSTANCES,
                 "3 processes": [s.port for s in servers],

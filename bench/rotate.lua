@@ -1,6 +1,6 @@
 -- wrk script: every request carries the next of the pre-created session
 -- cookies, so the load rotates over all of them (1,000+ distinct sessions).
--- Usage: wrk ... -s bench/rotate.lua http://127.0.0.1:PORT -- /path cookies.txt
+-- Usage: wrk ... -s bench/rotate.lua http://127.0.0.1:PORT -- /path cookies.txt [instance]
 -- cookies.txt holds one "name=value" per line. done() prints one JSON line.
 
 local cookies = {}
@@ -14,8 +14,9 @@ function init(args)
          cookies[#cookies + 1] = line
       end
    end
-   -- Each wrk thread starts at its own place in the list.
-   counter = (id or 0) * 7919 % #cookies
+   -- Each wrk thread, and each wrk instance given a number as a third
+   -- argument, starts at its own place in the list.
+   counter = ((id or 0) * 7919 + (tonumber(args[3]) or 0) * 101) % #cookies
 end
 
 function setup(thread)
