@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg2
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 from psycopg2.pool import AbstractConnectionPool, PoolError, ThreadedConnectionPool
 
@@ -37,10 +38,20 @@ _WAIT_POLL = 0.05
 
 
 class _KeepIdlePool(ThreadedConnectionPool):
-    """psycopg2's threaded pool, but it keeps up to ``maxconn`` idle connections.
+    """psycopg2's threaded pool, kept lean for one statement per checkout.
 
-    psycopg2 keeps only ``minconn`` of the connections handed back and closes
-    the others, so under concurrency most checkouts opened a new connection.
+    * psycopg2 keeps only ``minconn`` of the connections handed back and
+      closes the others, so under concurrency most checkouts opened a new
+      connection: this pool keeps every healthy one, up to ``maxconn``;
+    * a new connection is opened outside the pool's lock, so other threads
+      keep taking and returning idle ones meanwhile;
+    * connections are opened in autocommit mode, once;
+    * taking and returning an idle connection is a list operation and two
+      dict updates under the lock, no more (psycopg2's layered calls cost
+      about 10 us a checkout on the request path, bench/README.rst).
+
+    The bookkeeping is psycopg2's own (``_pool``, ``_used``, ``_rused``), so
+    ``closeall()`` still closes every connection, lent or idle.
     """
 
     def __init__(self, maxconn: int, *args: Any, **kwargs: Any) -> None:
@@ -50,18 +61,25 @@ class _KeepIdlePool(ThreadedConnectionPool):
         super().__init__(0, maxconn, *args, **kwargs)
 
     def getconn(self, key: Any = None) -> Connection:
-        """psycopg2's getconn, but a new connection is opened outside the
-        pool's lock: other threads keep taking and returning idle ones."""
+        """An idle connection, else a new one; ``PoolError`` when ``maxconn``
+        are out or the pool is closed."""
+        if key is not None:
+            return super().getconn(key)
         with self._lock:
             if self.closed:
                 raise PoolError("connection pool is closed")
-            if self._pool or key is not None:
-                return self._getconn(key)  # an idle one: no I/O
+            if self._pool:
+                conn = self._pool.pop()
+                self._keys += 1
+                self._used[self._keys] = conn
+                self._rused[id(conn)] = self._keys
+                return conn
             if len(self._used) + self._connecting >= self.maxconn:
                 raise PoolError("connection pool exhausted")
             self._connecting += 1
         try:
             conn = psycopg2.connect(*self._args, **self._kwargs)
+            conn.autocommit = True
         finally:
             with self._lock:
                 self._connecting -= 1
@@ -69,22 +87,26 @@ class _KeepIdlePool(ThreadedConnectionPool):
             if self.closed:
                 conn.close()
                 raise PoolError("connection pool is closed")
-            key = self._getkey()
-            self._used[key] = conn
-            self._rused[id(conn)] = key
+            self._keys += 1
+            self._used[self._keys] = conn
+            self._rused[id(conn)] = self._keys
             self.opened += 1
         return conn
 
-    def _putconn(self, conn: Connection, key: Any = None, close: bool = False) -> None:
-        # minconn is the only threshold psycopg2 checks when a connection comes
-        # back; raising it for the call keeps every healthy connection. This runs
-        # under the pool's lock, so no other thread sees the raised value.
-        minconn = self.minconn
-        self.minconn = self.maxconn
-        try:
-            super()._putconn(conn, key, close)
-        finally:
-            self.minconn = minconn
+    def putconn(self, conn: Connection, key: Any = None, close: bool = False) -> None:
+        """Keep the connection if it is open and idle, else close it."""
+        keep = not close and not conn.closed and conn.info.transaction_status == TRANSACTION_STATUS_IDLE
+        with self._lock:
+            if self.closed:
+                raise PoolError("connection pool is closed")
+            key = self._rused.pop(id(conn), None)
+            if key is None:
+                raise PoolError("trying to put unkeyed connection")
+            del self._used[key]
+            if keep:
+                self._pool.append(conn)
+                return
+        conn.close()
 
 
 def _discard_idle(pool: AbstractConnectionPool) -> int:
@@ -124,6 +146,7 @@ class Checkout:
         # A lock held by another thread at fork time stays locked forever in
         # the child: each process gets its own.
         self._cond = threading.Condition()
+        self._waiting = 0  # threads waiting in getconn for a connection
 
     def _pool(self) -> AbstractConnectionPool:
         raise NotImplementedError
@@ -137,8 +160,7 @@ class Checkout:
         :raises PoolTimeout: none became free in time.
         :raises StoreUnavailable: a new connection could not be opened.
         """
-        deadline = time.monotonic() + self.timeout
-        waited = False
+        deadline = None  # set on the first wait: most checkouts never wait
         while True:
             if self._closed:
                 raise PGStoreError("the store is closed")
@@ -153,8 +175,8 @@ class Checkout:
             else:
                 self._lend(conn)
                 return conn
-            if not waited:
-                waited = True
+            if deadline is None:
+                deadline = time.monotonic() + self.timeout
                 self.waits += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -165,35 +187,41 @@ class Checkout:
                 )
             with self._cond:
                 # Woken by putconn; the poll also catches returns we are not
-                # told of (a borrowed pool's other users, a missed wake-up).
-                self._cond.wait(min(remaining, _WAIT_POLL))
+                # told of (a borrowed pool's other users, a wake-up sent
+                # between our failed try and this wait).
+                self._waiting += 1
+                try:
+                    self._cond.wait(min(remaining, _WAIT_POLL))
+                finally:
+                    self._waiting -= 1
 
     def putconn(self, conn: Connection, broken: bool = False) -> None:
         """Give a connection back; a broken one is closed, with its idle peers."""
         broken = broken or bool(conn.closed)
-        with self._cond:
-            pool = self._lent_from()
-            try:
-                if pool is None:
-                    raise PoolError("the pool was closed during the checkout")
-                if broken:
-                    self._forget(conn)
-                else:
-                    self._unlend(conn)
-                pool.putconn(conn, close=broken)
-            except PoolError:
-                conn.close()
+        pool = self._lent_from()
+        try:
+            if pool is None:
+                raise PoolError("the pool was closed during the checkout")
+            if broken:
+                self._forget(conn)
             else:
-                if broken:
-                    self.discarded += 1 + _discard_idle(pool)
-            self._cond.notify()
+                self._unlend(conn)
+            pool.putconn(conn, close=broken)
+        except PoolError:
+            conn.close()
+        else:
+            if broken:
+                self.discarded += 1 + _discard_idle(pool)
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
 
     def _lent_from(self) -> AbstractConnectionPool | None:
         """The pool that lent the connections now out, if it still exists."""
         return self._pool()
 
     def _lend(self, conn: Connection) -> None:
-        conn.autocommit = True
+        """Make a connection ready to lend (a pool of ours opens them ready)."""
 
     def _unlend(self, conn: Connection) -> None:
         pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import weakref
@@ -107,9 +108,21 @@ class _Statements:
     ``now`` is the database clock: plain ``now()`` in production, and
     ``SHIFTED_NOW`` (now plus the test clock's offset) only while a test has
     moved the clock, so production statements carry no test-only arithmetic.
-    Operators, not ``make_interval(secs => ...)``: a named-argument call is
-    resolved anew on every execution and cost about 15 us each here
-    (bench/README.rst).
+    Every statement is parsed and planned on each execution (no server-side
+    prepared statements: they would not survive PgBouncer's transaction
+    mode), so the text is kept cheap to plan, each choice measured in
+    bench/README.rst:
+
+    * a session's row is found by its key alone. ``expires_on > now()`` in a
+      WHERE clause makes the planner estimate it from the expiry index on
+      every execution (10-15 us); the load compares the two timestamps it
+      reads instead, and writes compare ``expires_on + interval '0 s'``, an
+      expression the planner does not estimate;
+    * lifetimes are passed as interval text (``'3600.000000 seconds'``),
+      not multiplied (``%(ttl)s * interval '1 second'``) or built with
+      ``make_interval``, whose operator and function lookups run each time;
+    * a session without expiry has statements of its own, with
+      ``'infinity'``, rather than a ``COALESCE`` in every statement.
     """
 
     SHIFTED_NOW = "(now() + %(offset)s * interval '1 second')"
@@ -133,7 +146,6 @@ class _Statements:
             else f"SET LOCAL statement_timeout = {_milliseconds(statement_timeout)}; "
         )
         write = limit + ("" if synchronous_commit else "SET LOCAL synchronous_commit = off; ")
-        expires = f"COALESCE({now} + %(ttl)s * interval '1 second', 'infinity')"
         self.regclass = "SELECT to_regclass(%(table)s) IS NOT NULL"
         # One query string is one implicit transaction: the advisory lock
         # serializes processes creating the table at once, and a failure
@@ -148,26 +160,14 @@ class _Statements:
             " expires_on timestamptz NOT NULL);"
             f" CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_on)"
         )
+        # Also returns an expired row, not yet cleaned up: PGStore.load drops it.
         self.load = (
-            f"{limit}SELECT data, created_on, modified_on, expires_on, {now} FROM {t}"
-            f" WHERE key = %(key)s AND expires_on > {now}"
+            f"{limit}SELECT data, created_on, modified_on, expires_on, {now} FROM {t} WHERE key = %(key)s"
         )
-        # One statement whether the row exists or not. A row that had expired
-        # (not yet cleaned up) starts over with a new created_on.
-        self.save = (
-            f"{write}INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
-            f" VALUES (%(key)s, %(data)s, {now}, {now}, {expires})"
-            " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data,"
-            " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on,"
-            " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
-            " THEN s.created_on ELSE EXCLUDED.created_on END"
-        )
-        self.replace = (
-            f"{write}UPDATE {t} SET data = %(data)s, modified_on = {now}, expires_on = {expires}"
-            f" WHERE key = %(key)s AND expires_on > {now}"
-        )
-        self.touch = (
-            f"{write}UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND expires_on > {now}"
+        # Writes with a lifetime (%(ttl)s, interval text), and without one.
+        self.save, self.replace, self.touch = self._writes(t, write, now, f"{now} + %(ttl)s::interval")
+        self.save_forever, self.replace_forever, self.touch_forever = self._writes(
+            t, write, now, "'infinity'::timestamptz"
         )
         self.delete = f"{write}DELETE FROM {t} WHERE key = %(key)s"
         self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
@@ -187,6 +187,27 @@ class _Statements:
             f"{limit}DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t}"
             f" WHERE expires_on <= {now} LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
+
+    @staticmethod
+    def _writes(t: str, write: str, now: str, expires: str) -> tuple[str, str, str]:
+        """The save, replace and touch statements, for one expiry expression."""
+        live = f"expires_on + interval '0 s' > {now}"
+        # One statement whether the row exists or not. A row that had expired
+        # (not yet cleaned up) starts over with a new created_on.
+        save = (
+            f"{write}INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
+            f" VALUES (%(key)s, %(data)s, {now}, {now}, {expires})"
+            " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data,"
+            " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on,"
+            " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
+            " THEN s.created_on ELSE EXCLUDED.created_on END"
+        )
+        replace = (
+            f"{write}UPDATE {t} SET data = %(data)s, modified_on = {now}, expires_on = {expires}"
+            f" WHERE key = %(key)s AND {live}"
+        )
+        touch = f"{write}UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND {live}"
+        return save, replace, touch
 
 
 class PGStore:
@@ -381,6 +402,8 @@ class PGStore:
         if row is None:
             return None
         payload, created_on, modified_on, expires_on, loaded_at = row
+        if expires_on <= loaded_at:  # both from the database's clock
+            return None
         try:
             data = self.serializer.loads(payload)
             if not isinstance(data, dict):
@@ -399,8 +422,9 @@ class PGStore:
 
     def save_serialized(self, session_id: str, payload: str, ttl: float | None) -> None:
         """:meth:`save` for a payload already made by :meth:`serialize`."""
-        params = {"key": storage_key(session_id), "data": payload, "ttl": ttl}
-        self._run(self._sql.save, params, _nothing)
+        sql = self._sql
+        params = {"key": storage_key(session_id), "data": payload, "ttl": _interval(ttl)}
+        self._run(sql.save if ttl is not None else sql.save_forever, params, _nothing)
 
     def replace_serialized(self, session_id: str, payload: str, ttl: float | None) -> bool:
         """Replace the data of a live session; returns False, writing nothing,
@@ -409,15 +433,18 @@ class PGStore:
         What the session factory uses for a session it loaded, so that a
         request that started before a logout cannot bring the session back.
         """
-        params = {"key": storage_key(session_id), "data": payload, "ttl": ttl}
-        return self._run(self._sql.replace, params, _rowcount) > 0
+        sql = self._sql
+        params = {"key": storage_key(session_id), "data": payload, "ttl": _interval(ttl)}
+        return self._run(sql.replace if ttl is not None else sql.replace_forever, params, _rowcount) > 0
 
     def touch(self, session_id: str, ttl: float | None) -> bool:
         """Move the expiry to ``ttl`` seconds from now; data is untouched.
 
         Returns False when there is no live session to refresh.
         """
-        return self._run(self._sql.touch, {"key": storage_key(session_id), "ttl": ttl}, _rowcount) > 0
+        sql = self._sql
+        params = {"key": storage_key(session_id), "ttl": _interval(ttl)}
+        return self._run(sql.touch if ttl is not None else sql.touch_forever, params, _rowcount) > 0
 
     def delete(self, session_id: str) -> bool:
         """Delete the session; returns whether a row was there."""
@@ -529,6 +556,15 @@ def _connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
     }
     kwargs.update((name, value) for name, value in defaults.items() if name not in given)
     return kwargs
+
+
+def _interval(ttl: float | None) -> str | None:
+    """A lifetime in seconds as PostgreSQL interval text (see _Statements)."""
+    if ttl is None:
+        return None
+    if not math.isfinite(ttl):
+        raise ValueError(f"ttl must be a finite number of seconds or None, got {ttl!r}")
+    return f"{ttl:.6f} seconds"
 
 
 def _milliseconds(seconds: float) -> int:

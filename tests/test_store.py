@@ -56,6 +56,36 @@ def test_a_session_past_its_expiry_is_not_returned(pgstore_store, pgstore_clock,
     assert sql(pgstore_dsn, "SELECT count(*) FROM http_sessions") == [(1,)]
 
 
+def test_a_row_expired_by_the_real_clock_is_neither_loaded_nor_written(pgstore_store, pgstore_dsn):
+    # The production statements (no test clock): liveness is checked on the
+    # timestamps read by load, and by an expression in the UPDATEs' WHERE.
+    pgstore_store.save("id-1", {"n": 1}, 60)
+    sql(pgstore_dsn, "UPDATE http_sessions SET expires_on = now() - interval '1 ms'")
+    assert pgstore_store.load("id-1") is None
+    assert pgstore_store.replace_serialized("id-1", '{"n":2}', 60) is False
+    assert pgstore_store.touch("id-1", 60) is False
+    assert sql(pgstore_dsn, "SELECT data FROM http_sessions") == [('{"n":1}',)]
+
+
+def test_a_fractional_ttl_is_kept_to_the_microsecond(pgstore_store, pgstore_dsn):
+    pgstore_store.save("id-1", {"n": 1}, 0.25)
+    pgstore_store.replace_serialized("id-1", '{"n":2}', 1.5)
+    lifetime = "SELECT extract(epoch FROM expires_on - modified_on) FROM http_sessions"
+    assert float(sql(pgstore_dsn, lifetime)[0][0]) == 1.5
+    time.sleep(1.6)
+    assert pgstore_store.load("id-1") is None
+
+
+@pytest.mark.parametrize("ttl", [float("inf"), float("nan")])
+def test_a_ttl_that_is_not_a_finite_number_is_refused(pgstore_store, ttl):
+    pgstore_store.save("id-1", {"n": 1}, 60)
+    with pytest.raises(ValueError, match="ttl must be a finite number"):
+        pgstore_store.save("id-1", {"n": 2}, ttl)
+    with pytest.raises(ValueError, match="ttl must be a finite number"):
+        pgstore_store.touch("id-1", ttl)
+    assert pgstore_store.load("id-1").data == {"n": 1}
+
+
 def test_saving_over_an_expired_row_starts_a_new_session(pgstore_store, pgstore_clock):
     pgstore_store.save("id-1", {"old": True}, 10)
     created = pgstore_store.load("id-1").created_on
@@ -71,6 +101,17 @@ def test_ttl_none_never_expires(pgstore_store, pgstore_clock):
     pgstore_clock.advance(10 * 365 * 86400)
     assert pgstore_store.load("id-1").data == {"n": 1}
     assert pgstore_store.delete_expired() == 0
+
+
+def test_replace_and_touch_with_ttl_none_make_a_session_forever(pgstore_store, pgstore_clock, pgstore_dsn):
+    pgstore_store.save("id-1", {"n": 1}, 60)
+    assert pgstore_store.replace_serialized("id-1", '{"n":2}', None) is True
+    assert sql(pgstore_dsn, "SELECT expires_on = 'infinity' FROM http_sessions") == [(True,)]
+    pgstore_store.save("id-2", {"n": 1}, 60)
+    assert pgstore_store.touch("id-2", None) is True
+    pgstore_clock.advance(10 * 365 * 86400)
+    assert pgstore_store.load("id-1").data == {"n": 2}
+    assert pgstore_store.load("id-2").data == {"n": 1}
 
 
 def test_touch_moves_the_expiry_only(pgstore_store, pgstore_clock):
