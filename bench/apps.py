@@ -3,7 +3,8 @@
 ``gunicorn 'apps:make_app()'`` (with ``--pythonpath bench``) builds it from
 environment variables that ``bench/run.py`` sets:
 
-``BENCH_BACKEND``   ``cookie``, ``redis``, ``redis-lru``, ``floor`` or ``pgstore``
+``BENCH_BACKEND``   ``cookie``, ``redis``, ``redis-lru``, ``floor``, ``pgstore`` or
+                    ``pgstore-prep`` (pgstore with ``pgstore.prepare_statements = true``)
 ``BENCH_SECRET``    the signing secret (the same for every backend)
 ``BENCH_DSN``       PostgreSQL DSN (floor, pgstore)
 ``BENCH_REDIS_URL`` redis URL (redis)
@@ -98,18 +99,20 @@ def make_app(env: dict[str, str] | None = None) -> Any:
     env = dict(os.environ if env is None else env)
     backend = env["BENCH_BACKEND"]
     settings: dict[str, str] = {}
-    if backend == "pgstore":
+    if backend in ("pgstore", "pgstore-prep"):
         settings = {
             "pgstore.dsn": env["BENCH_DSN"],
             "pgstore.secret": env["BENCH_SECRET"],
             "pgstore.timeout": env.get("BENCH_TIMEOUT", "86400"),
             "pgstore.table": env.get("BENCH_TABLE", "http_sessions"),
         }
+        if backend == "pgstore-prep":
+            settings["pgstore.prepare_statements"] = "true"
         for item in filter(None, env.get("BENCH_PGSTORE", "").split(";")):
             key, _, value = item.partition("=")
             settings[key.strip()] = value.strip()
     with Configurator(settings=settings) as config:
-        if backend == "pgstore":
+        if backend in ("pgstore", "pgstore-prep"):
             config.include("pyramid_pgstore")
         else:
             config.set_session_factory(session_factory(backend, env))

@@ -50,6 +50,7 @@ sys.path.insert(0, str(BENCH))
 
 import floor  # noqa: E402
 
+from pyramid_pgstore import store as pgstore_store  # noqa: E402
 from pyramid_pgstore.cookie import RotatingSigner  # noqa: E402
 from pyramid_pgstore.store import PGStore, storage_key  # noqa: E402
 from pytest_pgstore.pg_ctl import (  # noqa: E402
@@ -60,7 +61,7 @@ from pytest_pgstore.pg_ctl import (  # noqa: E402
     launcher_path,
 )
 
-BACKENDS = ("cookie", "redis", "redis-lru", "floor", "pgstore")
+BACKENDS = ("cookie", "redis", "redis-lru", "floor", "pgstore", "pgstore-prep")
 RATIO_TO = ("cookie", "floor", "redis", "redis-lru")
 # (endpoint, synchronous_commit): reads write nothing, so they run once, with
 # the server default (on); the write endpoint runs under both settings.
@@ -408,7 +409,7 @@ def run_matrix(
                 result = measured(ports[backend], "/" + endpoint, cookie_files[backend], args)
                 results[block][backend].append(result)
                 log(
-                    f"rep {rep + 1}/{args.reps} {endpoint:9s} sc={sync:3s} {backend:8s}"
+                    f"rep {rep + 1}/{args.reps} {endpoint:9s} sc={sync:3s} {backend:12s}"
                     f" {result['rps']:8.0f} req/s  p99 {result['p99_us'] / 1000:6.2f} ms"
                     + (f"  ERRORS {result['errors']}" if result["errors"] else "")
                     + (
@@ -475,9 +476,13 @@ def run_micro(dsn: str, redis_url: str, args: argparse.Namespace) -> dict[str, A
         async_sql = PGStore(dsn, **options, create_table=False, synchronous_commit=False)._sql
     replace = getattr(sql, "replace", None)
 
-    def raw_statement(statement: str) -> Callable[[int], Any]:
+    # The store's statements take the lifetime as interval text (since
+    # 2feb591), the floor's as a number of seconds.
+    store_ttl = pgstore_store._interval(TIMEOUT) if hasattr(pgstore_store, "_interval") else TIMEOUT
+
+    def raw_statement(statement: str, ttl: Any = store_ttl) -> Callable[[int], Any]:
         def run(i: int) -> Any:
-            params = {"key": keys[i % count], "data": payload, "ttl": TIMEOUT, "offset": 0.0}
+            params = {"key": keys[i % count], "data": payload, "ttl": ttl, "offset": 0.0}
             with raw.cursor() as cur:
                 cur.execute(statement, params)
                 return cur.fetchone() if cur.description else None
@@ -500,7 +505,7 @@ def run_micro(dsn: str, redis_url: str, args: argparse.Namespace) -> dict[str, A
     saves: dict[str, Callable[[int], Any]] = {
         "PGStore.save_serialized (upsert)": lambda i: store.save_serialized(ids[i % count], payload, TIMEOUT),
         "raw cursor, same upsert": raw_statement(sql.save),
-        "raw cursor, floor's upsert": raw_statement(floor_save),
+        "raw cursor, floor's upsert": raw_statement(floor_save, TIMEOUT),
     }
     if replace and hasattr(store, "replace_serialized"):
         saves["PGStore.replace_serialized (UPDATE)"] = lambda i: store.replace_serialized(
@@ -509,6 +514,15 @@ def run_micro(dsn: str, redis_url: str, args: argparse.Namespace) -> dict[str, A
         saves["raw cursor, same UPDATE"] = raw_statement(replace)
     if async_sql is not None:
         saves["raw cursor, upsert with SET LOCAL sc=off"] = raw_statement(async_sql.save)
+    # The same statements prepared on the connection (prepare_statements=True).
+    if "prepare_statements" in inspect.signature(PGStore).parameters:
+        prepared_sql = pgstore_store._Statements("micro_sessions", prepare=True)
+        with raw.cursor() as cur:
+            for statement in (prepared_sql.load, prepared_sql.save, prepared_sql.replace):
+                cur.execute(statement.prepare)
+        loads["raw cursor, same SELECT prepared"] = raw_statement(prepared_sql.load.execute)
+        saves["raw cursor, same upsert prepared"] = raw_statement(prepared_sql.save.execute)
+        saves["raw cursor, same UPDATE prepared"] = raw_statement(prepared_sql.replace.execute)
     # What the Redis peers pay for the same operation, for scale.
     rclient = redis.Redis.from_url(redis_url)
     rkeys = ["micro:" + key for key in keys]
@@ -650,7 +664,7 @@ def _paired_ratio(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[flo
 def report(results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]]) -> tuple[str, dict[str, Any]]:
     lines = []
     header = (
-        f"{'endpoint':9s} {'sc':3s} {'backend':9s} {'req/s':>6s} {'spread':>6s} {'min':>6s} {'max':>6s}"
+        f"{'endpoint':9s} {'sc':3s} {'backend':12s} {'req/s':>6s} {'spread':>6s} {'min':>6s} {'max':>6s}"
         f" {'p50 ms':>6s} {'p99 ms':>6s} {'/cookie':>7s} {'/floor':>6s} {'/redis':>6s} {'/r-lru':>6s}"
         f" {'others':>6s}"
     )
@@ -669,7 +683,7 @@ def report(results: dict[tuple[str, str], dict[str, list[dict[str, Any]]]]) -> t
                 cells.append(f"{median:{7 if other == 'cookie' else 6}.2f}")
             errors = sum(r["errors"] for r in runs)
             lines.append(
-                f"{endpoint:9s} {sync:3s} {backend:9s} {statistics.median(rps):6.0f} {_spread(rps):5.1f}%"
+                f"{endpoint:9s} {sync:3s} {backend:12s} {statistics.median(rps):6.0f} {_spread(rps):5.1f}%"
                 f" {min(rps):6.0f} {max(rps):6.0f}"
                 f" {statistics.median(r['p50_us'] for r in runs) / 1000:6.2f}"
                 f" {statistics.median(r['p99_us'] for r in runs) / 1000:6.2f} "
@@ -691,19 +705,28 @@ def targets(ratios: dict[str, Any], scale: dict[str, Any] | None) -> str:
         ("write (sc off): pgstore >= 1.0x redis-lru", "write/off/pgstore/redis-lru", 1.0),
         ("write (sc off): pgstore >= 0.9x floor", "write/off/pgstore/floor", 0.9),
         ("write (sc on): pgstore >= 0.9x floor", "write/on/pgstore/floor", 0.9),
+        # The same, with pgstore.prepare_statements = true (off by default).
+        ("untouched: pgstore-prep >= 0.98x cookie", "untouched/on/pgstore-prep/cookie", 0.98),
+        ("read: pgstore-prep >= 1.3x redis", "read/on/pgstore-prep/redis", 1.3),
+        ("read: pgstore-prep >= 1.3x redis-lru", "read/on/pgstore-prep/redis-lru", 1.3),
+        ("read: pgstore-prep >= 0.95x floor", "read/on/pgstore-prep/floor", 0.95),
+        ("write (sc off): pgstore-prep >= 1.0x redis", "write/off/pgstore-prep/redis", 1.0),
+        ("write (sc off): pgstore-prep >= 1.0x redis-lru", "write/off/pgstore-prep/redis-lru", 1.0),
+        ("write (sc off): pgstore-prep >= 0.9x floor", "write/off/pgstore-prep/floor", 0.9),
+        ("write (sc on): pgstore-prep >= 0.9x floor", "write/on/pgstore-prep/floor", 0.9),
     ]
     lines = []
     for label, key, target in rows:
         median, low, high = ratios[key]
         verdict = "met" if median >= target else f"MISSED by {(target - median) / target * 100:.1f}%"
-        lines.append(f"  {label:42s} {median:5.2f}x (reps {low:.2f}-{high:.2f})  {verdict}")
+        lines.append(f"  {label:47s} {median:5.2f}x (reps {low:.2f}-{high:.2f})  {verdict}")
     if scale:
         small, big = f"{scale['small_rows']} rows", f"{scale['big_rows']} rows"
         inproc = scale["in_process"]
         ratio = inproc[big]["median_us"] / inproc[small]["median_us"]
         verdict = "met" if ratio <= 1.2 else f"MISSED by {(ratio - 1.2) / 1.2 * 100:.1f}%"
         label = f"read latency {scale['big_rows']} / {scale['small_rows']} rows <= 1.2"
-        lines.append(f"  {label:42s} {ratio:5.2f}x (in-process load, median)  {verdict}")
+        lines.append(f"  {label:47s} {ratio:5.2f}x (in-process load, median)  {verdict}")
         http = scale["http"]
         p50 = statistics.median(r["p50_us"] for r in http[big]) / statistics.median(
             r["p50_us"] for r in http[small]

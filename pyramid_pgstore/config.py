@@ -35,6 +35,7 @@ def includeme(config: Configurator) -> None:
             pool_timeout=options["pool_timeout"],
             statement_timeout=options["statement_timeout"],
             synchronous_commit=options["synchronous_commit"],
+            prepare_statements=options["prepare_statements"],
             create_table=options["create_table"],
             max_length=options["max_length"],
             serializer=options["serializer"],

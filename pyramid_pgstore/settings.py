@@ -126,6 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool_timeout", 30, lambda v: _number(v, float, 0.001)),
     Setting("statement_timeout", None, lambda v: _seconds_or_none(v, 0.001)),
     Setting("synchronous_commit", True, _bool),
+    Setting("prepare_statements", False, _bool),
     Setting("cleanup_interval", 0, _number),
     Setting("serializer", None, _serializer),
 )

@@ -231,9 +231,21 @@ def test_with_a_tiny_pool_timeout_the_excess_fail_clearly_and_the_pool_recovers(
         served.close()
 
 
-def test_a_statement_timeout_turns_a_held_lock_into_a_clean_failure(pgstore_settings, pgstore_dsn):
-    app = webtest.TestApp(make_app({**pgstore_settings, "pgstore.statement_timeout": "0.3"}))
+@pytest.mark.parametrize("prepare", ["false", "true"])
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_a_statement_timeout_turns_a_held_lock_into_a_clean_failure(
+    pgstore_settings, pgstore_dsn, prepare, warm
+):
+    settings = {
+        **pgstore_settings,
+        "pgstore.statement_timeout": "0.3",
+        "pgstore.prepare_statements": prepare,
+        "pgstore.pool_max": "1",
+    }
+    app = webtest.TestApp(make_app(settings))
     app.get("/incr")
+    if not warm:  # a new connection: with prepare, the PREPARE meets the lock
+        get_store(app.app.registry)._checkout.release()
     timer = hold_table_lock(pgstore_dsn, 3.0)
     started = time.monotonic()
     response = app.get("/read", status=503)

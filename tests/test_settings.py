@@ -54,6 +54,7 @@ CONFIGURED = {
     "pool_timeout": ("2.5", 2.5),
     "statement_timeout": ("1.5", 1.5),
     "synchronous_commit": ("off", False),
+    "prepare_statements": ("true", True),
     "cleanup_interval": ("3600", 3600.0),
     "serializer": ("json", json),
 }
@@ -97,6 +98,7 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
         "pool_timeout": 30,
         "statement_timeout": None,
         "synchronous_commit": True,
+        "prepare_statements": False,
         "cleanup_interval": 0,
         "serializer": None,
     }
