@@ -108,6 +108,8 @@ def make_app(env: dict[str, str] | None = None) -> Any:
         }
         if backend == "pgstore-prep":
             settings["pgstore.prepare_statements"] = "true"
+            # A table of its own: the scale section's small table keeps 1,000 rows.
+            settings["pgstore.table"] = env.get("BENCH_TABLE", "http_sessions") + "_prep"
         for item in filter(None, env.get("BENCH_PGSTORE", "").split(";")):
             key, _, value = item.partition("=")
             settings[key.strip()] = value.strip()

@@ -9,8 +9,9 @@ then sends ``EXECUTE name(...)``, whose plan PostgreSQL keeps.
 Prepared statements belong to a server connection, so they do not work
 behind PgBouncer in transaction mode (a later ``EXECUTE`` may reach another
 server connection): the option is off by default. A statement found missing
-anyway (``DISCARD ALL``, ``DEALLOCATE`` by the owner of a borrowed pool) is
-prepared again and the execution retried once.
+anyway (``DISCARD ALL``, ``DEALLOCATE`` by the owner of a borrowed pool), or
+whose result type a migration changed, is prepared again and the execution
+retried once.
 """
 
 from __future__ import annotations
@@ -78,8 +79,14 @@ class PreparedStatements:
             trips += 1
         try:
             cur.execute(statement.execute, params)
-        except psycopg2.errors.InvalidSqlStatementName:
-            # Deallocated behind our back: prepare again, once.
+        except (psycopg2.errors.InvalidSqlStatementName, psycopg2.errors.FeatureNotSupported) as exc:
+            # Deallocated behind our back, or the table changed under it
+            # ("cached plan must not change result type"): prepare again, once.
+            if isinstance(exc, psycopg2.errors.FeatureNotSupported):
+                if "cached plan" not in str(exc):
+                    raise
+                cur.execute(f"DEALLOCATE {statement.name}")
+                trips += 1
             done.discard(statement.name)
             self._prepare(cur, statement, done)
             try:

@@ -7,6 +7,7 @@ README's table is checked against it by a test. A bad value is a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -49,8 +50,10 @@ def _bool(value: Any) -> bool:
 def _number(value: Any, kind: type = float, minimum: float = 0) -> Any:
     try:
         number = kind(str(value).strip()) if not isinstance(value, int | float) else kind(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"must be a{'n integer' if kind is int else ' number'}") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
     if number < minimum:
         raise ValueError(f"must be {minimum} or more")
     return number

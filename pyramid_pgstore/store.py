@@ -1,7 +1,8 @@
 """PGStore: session rows in a PostgreSQL table, the Python form of Go's pgstore.
 
 Every public method is one SQL statement, so one round trip, unless its
-docstring says otherwise. Statements run in autocommit mode on a pooled
+docstring says otherwise (with ``prepare_statements``, the first use of a
+statement on a connection adds its ``PREPARE``). Statements run in autocommit mode on a pooled
 connection; a connection found broken is replaced and the statement, which is
 always idempotent here, is retried once.
 """
@@ -112,10 +113,12 @@ class _Statements:
     ``now`` is the database clock: plain ``now()`` in production, and
     ``SHIFTED_NOW`` (now plus the test clock's offset) only while a test has
     moved the clock, so production statements carry no test-only arithmetic.
-    Every statement is parsed and planned on each execution (no server-side
-    prepared statements: they would not survive PgBouncer's transaction
-    mode), so the text is kept cheap to plan, each choice measured in
-    bench/README.rst:
+    By default every statement is sent as text, so PostgreSQL parses and
+    plans it on each execution (server-side prepared statements do not
+    survive PgBouncer's transaction mode; ``prepare=True`` makes the
+    per-request ones :class:`~pyramid_pgstore._prepared.Prepared`). The text
+    is kept cheap to plan, each choice measured (bench/README.rst, "Hot
+    path"):
 
     * a session's row is found by its key alone. ``expires_on > now()`` in a
       WHERE clause makes the planner estimate it from the expiry index on
@@ -593,7 +596,11 @@ def _interval(ttl: float | None) -> str | None:
     """A lifetime in seconds as PostgreSQL interval text (see _Statements)."""
     if ttl is None:
         return None
-    if not math.isfinite(ttl):
+    try:
+        finite = math.isfinite(ttl)
+    except (TypeError, OverflowError):
+        finite = False
+    if not finite:
         raise ValueError(f"ttl must be a finite number of seconds or None, got {ttl!r}")
     return f"{ttl:.6f} seconds"
 

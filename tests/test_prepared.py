@@ -5,6 +5,7 @@ import psycopg2.pool
 import pytest
 import webtest
 from db import sql
+from psycopg2.extensions import make_dsn
 from pyramid.config import Configurator
 
 from pyramid_pgstore import PGStore, PGStoreError
@@ -80,6 +81,23 @@ def test_statements_deallocated_behind_its_back_are_prepared_again(one_connectio
     assert store.load("id-1").data == {"n": 2}
 
 
+def test_a_migration_that_changes_a_result_type_is_followed(one_connection, pgstore_dsn):
+    # A table of its own: the server, and so this table, outlives the test.
+    store = PGStore.from_pool(one_connection, table="migrated_sessions", prepare_statements=True)
+    store.save("id-1", {"n": 1}, 60)
+    assert store.load("id-1").data == {"n": 1}
+    sql(pgstore_dsn, "ALTER TABLE migrated_sessions ALTER COLUMN data TYPE varchar")
+    # PostgreSQL refuses the old plan ("cached plan must not change result type").
+    assert store.load("id-1").data == {"n": 1}
+    assert store.load("id-1").data == {"n": 1}
+
+
+def test_a_session_without_expiry_loads_prepared(one_connection):
+    store = PGStore.from_pool(one_connection, prepare_statements=True)
+    store.save("id-1", {"n": 1}, None)
+    assert store.load("id-1").data == {"n": 1}
+
+
 def test_stores_of_two_tables_on_one_connection_keep_apart(one_connection, pgstore_dsn):
     sql(pgstore_dsn, "CREATE SCHEMA IF NOT EXISTS other")
     first = PGStore.from_pool(one_connection, prepare_statements=True)
@@ -99,7 +117,12 @@ def test_the_setting_reaches_the_store_and_sessions_work(pgstore_settings, pgsto
         request.session["n"] = request.session.get("n", 0) + 1
         return {"n": request.session["n"]}
 
-    settings = {**pgstore_settings, "pgstore.prepare_statements": "true", "pgstore.pool_max": "1"}
+    settings = {
+        **pgstore_settings,
+        "pgstore.dsn": make_dsn(pgstore_dsn, application_name="pgstore_prepared_test"),
+        "pgstore.prepare_statements": "true",
+        "pgstore.pool_max": "1",
+    }
     with Configurator(settings=settings) as config:
         config.include("pyramid_pgstore")
         config.add_route("incr", "/incr")
@@ -108,7 +131,7 @@ def test_the_setting_reaches_the_store_and_sessions_work(pgstore_settings, pgsto
     assert [app.get("/incr").json["n"] for _ in range(3)] == [1, 2, 3]
     server_side = sql(
         pgstore_dsn,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pyramid_pgstore'"
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgstore_prepared_test'"
         " AND query LIKE '%%EXECUTE pgstore_%%'",
     )
     assert server_side == [(1,)]

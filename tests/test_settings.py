@@ -146,6 +146,10 @@ BAD = {
     "timeout abc": ({"pgstore.timeout": "abc"}, "pgstore.timeout"),
     "negative timeout": ({"pgstore.timeout": "-1"}, "pgstore.timeout"),
     "zero timeout": ({"pgstore.timeout": "0"}, "pgstore.timeout"),
+    "infinite timeout": ({"pgstore.timeout": "inf"}, "pgstore.timeout"),
+    "nan timeout": ({"pgstore.timeout": "nan"}, "pgstore.timeout"),
+    "nan pool_timeout": ({"pgstore.pool_timeout": "nan"}, "pgstore.pool_timeout"),
+    "prepare_statements maybe": ({"pgstore.prepare_statements": "maybe"}, "pgstore.prepare_statements"),
     "reissue_time over timeout": (
         {"pgstore.timeout": "60", "pgstore.reissue_time": "60"},
         "pgstore.reissue_time",

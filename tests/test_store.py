@@ -114,6 +114,14 @@ def test_replace_and_touch_with_ttl_none_make_a_session_forever(pgstore_store, p
     assert pgstore_store.load("id-2").data == {"n": 1}
 
 
+def test_a_session_without_expiry_loads_through_the_production_statements(pgstore_store, pgstore_dsn):
+    pgstore_store.save("id-1", {"n": 1}, None)
+    record = pgstore_store.load("id-1")  # the clock is not moved: plain now()
+    assert record.data == {"n": 1}
+    assert record.expires_on.year == 9999  # 'infinity', as psycopg2 reads it
+    assert sql(pgstore_dsn, "SELECT expires_on = 'infinity' FROM http_sessions") == [(True,)]
+
+
 def test_touch_moves_the_expiry_only(pgstore_store, pgstore_clock):
     pgstore_store.save("id-1", {"n": 1}, 60)
     before = pgstore_store.load("id-1")
@@ -326,6 +334,19 @@ def test_a_checkout_fails_clearly_after_pool_timeout_and_the_pool_recovers(pgsto
         assert store.load("id-0") is not None or store.load("id-1") is not None
         store.save("after", {"ok": True}, 60)
         assert store.load("after").data == {"ok": True}
+
+
+def test_a_connection_handed_back_inside_a_transaction_is_closed_not_reused(pgstore_dsn):
+    with PGStore(pgstore_dsn, pool_max=1) as store:
+        store.save("id-1", {"n": 1}, 60)
+        conn = store._checkout.getconn()
+        with conn.cursor() as cur:
+            cur.execute("BEGIN; UPDATE http_sessions SET data = '{}'")  # left open
+        store._checkout.putconn(conn)
+        assert conn.closed  # its transaction was not committed by anyone else
+        opened = store.stats()["connections_opened"]
+        assert store.load("id-1").data == {"n": 1}
+        assert store.stats()["connections_opened"] == opened + 1
 
 
 def test_a_burst_reuses_idle_connections_up_to_pool_max(pgstore_dsn):
