@@ -53,7 +53,7 @@ setup(
         "pytest11": ["pgstore = pytest_pgstore.plugin"],
         "console_scripts": [
             "pgstore-cleanup = pyramid_pgstore.scripts.cleanup:main",
-            "pgstore-pg-ctl = pytest_pgstore.pg_ctl:main",
+            "pgstore-pg-ctl = pyramid_pgstore.localdb:pg_ctl_main",
         ],
     },
 )

@@ -1,7 +1,7 @@
 """The benchmarked app: the same three views on each session backend.
 
 ``gunicorn 'apps:make_app()'`` (with ``--pythonpath bench``) builds it from
-environment variables that ``bench/run.py`` sets:
+environment variables that ``bench/run.py`` sets (``matrix.start_backends``):
 
 ``BENCH_BACKEND``   ``cookie``, ``redis``, ``redis-lru``, ``floor``, ``pgstore`` or
                     ``pgstore-prep`` (pgstore with ``pgstore.prepare_statements = true``)

@@ -21,14 +21,13 @@ import argparse
 import random
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psycopg2
+from servers import DATABASE, LoadThreads, postgres
 
-from pyramid_pgstore import Cleaner, PGStore
-from pyramid_pgstore.demo.serve import local_postgres
+from pyramid_pgstore import Cleaner, CleanupResult, PGStore
 
 THREADS = 4
 
@@ -54,18 +53,17 @@ def fill(dsn: str, expired: int, live: int) -> None:
     conn.close()
 
 
-class Traffic:
-    """Threads loading and saving random live sessions, timing each call."""
+class Traffic(LoadThreads):
+    """THREADS threads loading and saving random live sessions, timing each call."""
 
     def __init__(self, store: PGStore, live: int) -> None:
+        super().__init__(THREADS)
         self.store = store
         self.live = live
         self.samples: list[tuple[float, float]] = []  # (start time, seconds)
-        self.stop = threading.Event()
         self.errors = 0
-        self.threads = [threading.Thread(target=self._loop, args=(seed,)) for seed in range(THREADS)]
 
-    def _loop(self, seed: int) -> None:
+    def loop(self, seed: int) -> None:
         rng = random.Random(seed)
         samples = []
         while not self.stop.is_set():
@@ -80,16 +78,6 @@ class Traffic:
                 self.errors += 1
             samples.append((started, time.perf_counter() - started))
         self.samples.extend(samples)
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
 
     def latencies(self, start: float, end: float) -> list[float]:
         return sorted(seconds for begun, seconds in self.samples if start <= begun < end)
@@ -109,6 +97,59 @@ def measure(store: PGStore, live: int, action, settle: float = 1.0) -> tuple[lis
     return traffic.latencies(start, end), end - start
 
 
+def one_delete(dsn: str, expected: int) -> None:
+    """What Django's clearsessions and Go's pgstore do: one statement for all."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM http_sessions WHERE expires_on <= now()")
+        assert cur.rowcount == expected
+    conn.close()
+
+
+def phases(dsn: str, args: argparse.Namespace) -> tuple[list[tuple[str, list[float], float]], CleanupResult]:
+    """Traffic quiet, during a batched cleanup and during one DELETE (the
+    expired rows refilled before each): (phase, latencies, seconds) each, and
+    what the batched cleanup reported."""
+    with PGStore(dsn, pool_max=THREADS + 2) as store:
+        fill(dsn, 0, args.live)
+        quiet, _ = measure(store, args.live, lambda: time.sleep(args.quiet_seconds))
+
+        fill(dsn, args.expired, 0)
+        cleaner = Cleaner(store, batch_size=args.batch_size, rest=args.rest)
+        results: list[CleanupResult] = []
+        ours, ours_seconds = measure(store, args.live, lambda: results.append(cleaner.run_once()))
+        assert results[0].deleted == args.expired, results[0]
+
+        fill(dsn, args.expired, 0)
+        theirs, theirs_seconds = measure(store, args.live, lambda: one_delete(dsn, args.expired))
+    return [
+        ("quiet (no cleanup)", quiet, args.quiet_seconds),
+        (f"pgstore {args.batch_size}/batch, rest {args.rest:g}", ours, ours_seconds),
+        ("one DELETE statement", theirs, theirs_seconds),
+    ], results[0]
+
+
+def report(
+    args: argparse.Namespace, rows: list[tuple[str, list[float], float]], result: CleanupResult
+) -> None:
+    """One line per phase: its length, operations, p50, p99 and p99 against quiet's."""
+    quiet = rows[0][1]
+    base_p99 = percentile(quiet, 0.99)
+    print(
+        f"\n{args.expired:,} expired rows beside {args.live:,} live; "
+        f"{THREADS} threads loading and saving live sessions"
+    )
+    print(f"{'phase':28s} {'seconds':>8s} {'ops':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 / quiet':>12s}")
+    for name, lat, seconds in rows:
+        p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+        print(f"{name:28s} {seconds:8.2f} {len(lat):7d} {p50:8.2f} {p99:8.2f} {p99 / base_p99:11.2f}x")
+    print(
+        f"pgstore cleanup: {result.deleted:,} rows in {result.batches} batches; median quiet p50 "
+        f"{statistics.median(quiet) * 1000:.2f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,53 +160,9 @@ def main() -> None:
     parser.add_argument("--rest", type=float, default=1.0)
     parser.add_argument("--quiet-seconds", type=float, default=10.0)
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp, local_postgres(Path(tmp) / "pg") as dsn:
-        store = PGStore(dsn, pool_max=THREADS + 2)
-        fill(dsn, 0, args.live)
-        quiet, _ = measure(store, args.live, lambda: time.sleep(args.quiet_seconds))
-
-        fill(dsn, args.expired, 0)
-        cleaner = Cleaner(store, batch_size=args.batch_size, rest=args.rest)
-        result = None
-
-        def batched() -> None:
-            nonlocal result
-            result = cleaner.run_once()
-
-        ours, ours_seconds = measure(store, args.live, batched)
-        assert result is not None and result.deleted == args.expired, result
-
-        fill(dsn, args.expired, 0)
-
-        def one_delete() -> None:
-            conn = psycopg2.connect(dsn)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("DELETE FROM http_sessions WHERE expires_on <= now()")
-                assert cur.rowcount == args.expired
-            conn.close()
-
-        theirs, theirs_seconds = measure(store, args.live, one_delete)
-        store.close()
-
-    base_p99 = percentile(quiet, 0.99)
-    print(
-        f"\n{args.expired:,} expired rows beside {args.live:,} live; "
-        f"{THREADS} threads loading and saving live sessions"
-    )
-    print(f"{'phase':28s} {'seconds':>8s} {'ops':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99 / quiet':>12s}")
-    for name, lat, seconds in [
-        ("quiet (no cleanup)", quiet, args.quiet_seconds),
-        (f"pgstore {args.batch_size}/batch, rest {args.rest:g}", ours, ours_seconds),
-        ("one DELETE statement", theirs, theirs_seconds),
-    ]:
-        p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
-        print(f"{name:28s} {seconds:8.2f} {len(lat):7d} {p50:8.2f} {p99:8.2f} {p99 / base_p99:11.2f}x")
-    print(
-        f"pgstore cleanup: {result.deleted:,} rows in {result.batches} batches; median quiet p50 "
-        f"{statistics.median(quiet) * 1000:.2f} ms"
-    )
+    with tempfile.TemporaryDirectory() as tmp, postgres(Path(tmp) / "pg") as server:
+        rows, result = phases(server.dsn(DATABASE), args)
+    report(args, rows, result)
 
 
 if __name__ == "__main__":

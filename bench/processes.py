@@ -1,9 +1,10 @@
 """Throughput of one app process against three, on one database (issue 7).
 
-Starts a throwaway PostgreSQL on 127.0.0.1 (through pyramid_pgstore's demo
-launcher, data in a temp dir, as an unprivileged user under root) unless
-``--dsn`` names one, and three app processes: tests/wsgi_server.py, waitress
-with 4 threads and a pool of 4 each, the app the three-process test serves.
+Starts a throwaway PostgreSQL on 127.0.0.1 (pyramid_pgstore.localdb's
+LocalPostgres, data in a temp dir, as an unprivileged user under root) unless
+``--dsn`` names one, and three app processes: ``pyramid_pgstore.demo.api``,
+waitress with 4 threads and a pool of 4 each, the app the three-process test
+serves.
 It logs in 300 sessions, then drives three endpoints with the same load
 generator in both layouts, one after the other within each round:
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import os
 import resource
 import secrets
@@ -40,10 +40,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "tests"))
+import psycopg2
+from servers import DATABASE, postgres, wrk_command, wrk_summary
 
-import wsgi_server  # noqa: E402
+from pyramid_pgstore.demo import api
 
 SESSIONS = 300
 WRK_INSTANCES = 3
@@ -53,8 +53,6 @@ ENDPOINTS = ("/ping", "/read", "/incr")
 # busy is measured again, up to RETRIES times (and marked * if still so).
 DISTURBED = 0.1
 RETRIES = 3
-
-ROTATE_LUA = Path(__file__).parent / "rotate.lua"  # shared with bench/run.py
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -123,18 +121,14 @@ def database(dsn: str | None) -> Iterator[tuple[str, int | None]]:
     if dsn:
         yield dsn, None
         return
-    from pyramid_pgstore.demo.serve import local_postgres
-
-    var = Path(tempfile.mkdtemp(prefix="pgstore-bench-processes-"))
-    try:
-        with contextlib.redirect_stdout(sys.stderr), local_postgres(var) as local_dsn:
-            postmaster = int((var / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
-            yield local_dsn, postmaster
-    finally:
-        shutil.rmtree(var, ignore_errors=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="pgstore-bench-processes-") as var,
+        postgres(Path(var) / "pg") as server,
+    ):
+        yield server.dsn(DATABASE), server.pid
 
 
-def login_sessions(server: wsgi_server.Process, count: int) -> list[str]:
+def login_sessions(server: api.Process, count: int) -> list[str]:
     """Log ``count`` users in on ``server``; their cookies, as name=value."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     cookies = []
@@ -149,25 +143,13 @@ def login_sessions(server: wsgi_server.Process, count: int) -> list[str]:
     return cookies
 
 
-def run_wrk(targets: list[int], path: str, duration: float, lua: Path, cookies: Path) -> list[dict]:
-    """One wrk instance per target port, all at once; their summaries."""
+def run_wrk(targets: list[int], path: str, duration: float, cookies: Path) -> list[dict]:
+    """One wrk instance per target port (1 thread, CONNECTIONS_EACH
+    connections, instance i starting at its own cookie), all at once; their
+    summaries."""
     procs = [
         subprocess.Popen(
-            [
-                "wrk",
-                "-t1",
-                f"-c{CONNECTIONS_EACH}",
-                f"-d{round(duration)}s",
-                "--timeout",
-                "5s",
-                "-s",
-                str(lua),
-                f"http://127.0.0.1:{port}",
-                "--",
-                path,
-                str(cookies),
-                str(i),
-            ],
+            wrk_command(port, path, cookies, round(duration), 1, CONNECTIONS_EACH, str(i)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -177,14 +159,12 @@ def run_wrk(targets: list[int], path: str, duration: float, lua: Path, cookies: 
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=duration + 60)
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            sys.exit(f"wrk failed ({proc.returncode}):\n{out}\n{err}")
-        results.append(json.loads(lines[-1]))
+        results.append(wrk_summary(proc.returncode, out, err))
     return results
 
 
 def summarize(results: list[dict]) -> dict[str, float]:
+    """The instances of one run as one: total req/s, errors, worst p50 and p99."""
     seconds = max(r["duration_us"] for r in results) / 1e6
     return {
         "rps": sum(r["requests"] for r in results) / seconds,
@@ -197,6 +177,60 @@ def summarize(results: list[dict]) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def app_processes(dsn: str, work: Path) -> Iterator[list[api.Process]]:
+    """Three ``pyramid_pgstore.demo.api`` processes on ``dsn`` (waitress 4
+    threads, pool_max 4, one shared secret); stopped on the way out."""
+    env = {
+        "PGSTORE_DSN": dsn,
+        "PGSTORE_SECRET": secrets.token_urlsafe(48),
+        "PGSTORE_POOL_MAX": "4",
+        "WSGI_THREADS": "4",
+    }
+    processes = api.start(3, env, work)
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def measure(meter: CpuMeter, targets: list[int], path: str, duration: int, cookies: Path) -> dict:
+    """One run: throughput, latency, errors, and where the CPU went."""
+    before = meter.sample()
+    started = time.monotonic()
+    result = summarize(run_wrk(targets, path, duration, cookies))
+    result["cores"] = CpuMeter.used(before, meter.sample(), time.monotonic() - started)
+    return result
+
+
+def run_plan(
+    plan: list[tuple[str, str]],
+    layouts: dict[str, list[int]],
+    meter: CpuMeter,
+    cookies: Path,
+    dsn: str,
+    args: argparse.Namespace,
+) -> dict[tuple[str, str], list[dict]]:
+    """Each (path, label) of ``plan`` after a warm-up, ``args.rounds`` times
+    in every layout; a run disturbed by other load is measured again (up to
+    RETRIES times). The label ``unlogged`` first makes the table UNLOGGED."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for path, label in plan:
+        if label == "unlogged":
+            set_unlogged(dsn)
+        run_wrk(layouts["3 processes"], path, 1, cookies)  # warm-up
+        for _ in range(args.rounds):
+            for layout, targets in layouts.items():
+                for _attempt in range(1 + RETRIES):
+                    result = measure(meter, targets, path, args.duration, cookies)
+                    if result["cores"]["other"] <= DISTURBED:
+                        break
+                    print(f"  {label} {layout}: disturbed (other load), measuring again", flush=True)
+                runs.setdefault((label, layout), []).append(result)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per measured run (default 5)")
@@ -206,65 +240,33 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
-    with database(args.dsn) as (dsn, postmaster), tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        env = {
-            "PGSTORE_DSN": dsn,
-            "PGSTORE_SECRET": secrets.token_urlsafe(48),
-            "PGSTORE_POOL_MAX": "4",
-            "WSGI_THREADS": "4",
+    with (
+        database(args.dsn) as (dsn, postmaster),
+        tempfile.TemporaryDirectory() as tmp,
+        app_processes(dsn, Path(tmp)) as processes,
+    ):
+        cookies = Path(tmp) / "cookies.txt"
+        cookies.write_text("\n".join(login_sessions(processes[0], SESSIONS)) + "\n")
+        layouts = {
+            "1 process": [processes[0].port] * WRK_INSTANCES,
+            "3 processes": [process.port for process in processes],
         }
-        servers = wsgi_server.start(3, env, work)
-        try:
-            cookies = work / "cookies.txt"
-            cookies.write_text("\n".join(login_sessions(servers[0], SESSIONS)) + "\n")
-            lua = ROTATE_LUA
-            layouts = {
-                "1 process": [servers[0].port] * WRK_INSTANCES,
-                "3 processes": [s.port for s in servers],
-            }
-            meter = CpuMeter([s.pid for s in servers], postmaster)
-            print(
-                f"{WRK_INSTANCES} wrk x 1 thread x {CONNECTIONS_EACH} connections, "
-                f"{args.duration:g} s a run, "
-                f"{args.rounds} rounds (median), {SESSIONS} sessions; waitress 4 threads, pool_max 4 each; "
-                f"{os.cpu_count()} CPUs",
-                flush=True,
-            )
-            runs: dict[tuple[str, str], list[dict]] = {}
-            plan = [(path, path) for path in ENDPOINTS]
-            if args.unlogged:
-                plan.append(("/incr", "unlogged"))
-            for path, label in plan:
-                if label == "unlogged":
-                    set_unlogged(dsn)
-                run_wrk(layouts["3 processes"], path, 1, lua, cookies)  # warm-up
-                for _ in range(args.rounds):
-                    for layout, targets in layouts.items():
-                        for _attempt in range(1 + RETRIES):
-                            result = measure(meter, targets, path, args.duration, lua, cookies)
-                            if result["cores"]["other"] <= DISTURBED:
-                                break
-                            print(f"  {label} {layout}: disturbed (other load), measuring again", flush=True)
-                        runs.setdefault((label, layout), []).append(result)
-            report(runs, args.rounds, [label for _, label in plan])
-        finally:
-            for server in servers:
-                server.stop()
-
-
-def measure(meter: CpuMeter, targets: list[int], path: str, duration: int, lua: Path, cookies: Path) -> dict:
-    """One run: throughput, latency, errors, and where the CPU went."""
-    before = meter.sample()
-    started = time.monotonic()
-    result = summarize(run_wrk(targets, path, duration, lua, cookies))
-    result["cores"] = CpuMeter.used(before, meter.sample(), time.monotonic() - started)
-    return result
+        print(
+            f"{WRK_INSTANCES} wrk x 1 thread x {CONNECTIONS_EACH} connections, "
+            f"{args.duration:g} s a run, "
+            f"{args.rounds} rounds (median), {SESSIONS} sessions; waitress 4 threads, pool_max 4 each; "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
+        plan = [(path, path) for path in ENDPOINTS]
+        if args.unlogged:
+            plan.append(("/incr", "unlogged"))
+        meter = CpuMeter([process.pid for process in processes], postmaster)
+        runs = run_plan(plan, layouts, meter, cookies, dsn, args)
+        report(runs, args.rounds, [label for _, label in plan])
 
 
 def set_unlogged(dsn: str) -> None:
-    import psycopg2
-
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -273,6 +275,7 @@ def set_unlogged(dsn: str) -> None:
 
 
 def report(runs: dict[tuple[str, str], list[dict]], rounds: int, labels: list[str]) -> None:
+    """The table (median round of each endpoint and layout) and the 3 / 1 process ratios."""
     print()
     header = (
         f"{'endpoint':8} {'layout':12} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}   cores busy"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import http.cookiejar
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +27,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from pyramid.config import Configurator
 from pyramid.response import Response
+from servers import BENCH, DATABASE, LoadThreads, postgres, wait_for
 
 from pyramid_pgstore import StoreUnavailable
-from pyramid_pgstore.demo.serve import local_postgres
-from pytest_pgstore.pg_ctl import launcher_path
+from pyramid_pgstore.localdb import free_port
 
 
 def make_app() -> object:
-    """The app gunicorn serves (``bench.soak:make_app()``)."""
+    """The app gunicorn serves (``soak:make_app()``, with ``--pythonpath bench``)."""
 
     def login(request):
         request.session.invalidate()
@@ -74,12 +75,6 @@ def make_app() -> object:
     return config.make_wsgi_app()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class User:
     """One browser session: a cookie jar and the last counter the server acknowledged."""
 
@@ -100,102 +95,94 @@ class User:
             return type(error).__name__, None
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--users", type=int, default=24)
-    parser.add_argument("--workers", type=int, default=3)
-    args = parser.parse_args()
+@contextlib.contextmanager
+def gunicorn(dsn: str, workers: int) -> Iterator[str]:
+    """``gunicorn --preload`` with ``workers`` sync workers serving
+    :func:`make_app` on ``dsn``; yields its URL once ``/read`` answers. Its
+    warnings go to this terminal; it is terminated on the way out."""
+    port = free_port()
+    env = {**os.environ, "PGSTORE_DSN": dsn, "PYTHONPATH": str(BENCH.parent)}
+    argv = [sys.executable, "-m", "gunicorn", "--preload", "-w", str(workers), "-b", f"127.0.0.1:{port}"]
+    argv += ["--pythonpath", str(BENCH), "--log-level", "warning", "soak:make_app()"]
+    server = subprocess.Popen(argv, env=env)
+    url = f"http://127.0.0.1:{port}"
 
-    with tempfile.TemporaryDirectory() as tmp, local_postgres(Path(tmp) / "pg") as dsn:
-        data_dir = Path(tmp).resolve() / "pg" / "data"
-        port = free_port()
-        env = {**os.environ, "PGSTORE_DSN": dsn, "PYTHONPATH": str(Path(__file__).parent.parent)}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--preload",
-                "-w",
-                str(args.workers),
-                "-b",
-                f"127.0.0.1:{port}",
-                "--log-level",
-                "warning",
-                "bench.soak:make_app()",
-            ],
-            env=env,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/read", timeout=2).read()  # noqa: S310 - our own loopback URL
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("gunicorn did not start") from None
-                time.sleep(0.2)
+    def up() -> bool:
+        if server.poll() is not None:
+            raise SystemExit("gunicorn did not start")
+        urllib.request.urlopen(url + "/read", timeout=2).read()  # noqa: S310 - our own loopback URL
+        return True
 
-        events: list[tuple[float, str, int | str]] = []  # (time, action, status)
-        stop = threading.Event()
-        users: list[User] = []
-        lock = threading.Lock()
+    try:
+        wait_for(up, "gunicorn")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
 
-        def simulate(seed: int) -> None:
-            rng = random.Random(seed)
-            user = User(url)
-            with lock:
-                users.append(user)
-            while not stop.is_set():
-                if user.acked is None:
-                    action = "login"
-                else:
-                    action = rng.choices(["incr", "read", "logout"], weights=[5, 4, 1])[0]
-                status, body = user.call("/" + action)
-                with lock:
-                    events.append((time.monotonic(), action, status))
-                if status == 200:
-                    if action in ("login", "incr"):
-                        user.acked = body["n"]
-                    elif action == "logout":
-                        user.acked = None
-                        user = User(url)  # a new visitor takes its place
-                        with lock:
-                            users.append(user)
 
-        threads = [threading.Thread(target=simulate, args=(i,)) for i in range(args.users)]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        time.sleep(args.seconds / 2)
-        outage_start = time.monotonic()
-        subprocess.run(
-            [launcher_path(), "restart", "-D", str(data_dir), "-m", "fast", "-w"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        outage_end = time.monotonic()
-        time.sleep(max(0.0, started + args.seconds - time.monotonic()))
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+class Crowd(LoadThreads):
+    """``count`` simulated users, a thread each, while the ``with`` block runs.
 
+    A user logs in, then counts, reads or logs out at random (5:4:1); one who
+    logged out is replaced by a new visitor. Every request is recorded in
+    ``events`` as (time, action, status).
+    """
+
+    join_timeout = 30.0
+
+    def __init__(self, url: str, count: int) -> None:
+        super().__init__(count)
+        self.url = url
+        self.events: list[tuple[float, str, int | str]] = []
+        self.users: list[User] = []
+        self.lock = threading.Lock()
+
+    def _new_user(self) -> User:
+        user = User(self.url)
+        with self.lock:
+            self.users.append(user)
+        return user
+
+    def loop(self, seed: int) -> None:
+        rng = random.Random(seed)
+        user = self._new_user()
+        while not self.stop.is_set():
+            if user.acked is None:
+                action = "login"
+            else:
+                action = rng.choices(["incr", "read", "logout"], weights=[5, 4, 1])[0]
+            status, body = user.call("/" + action)
+            with self.lock:
+                self.events.append((time.monotonic(), action, status))
+            if status == 200:
+                if action in ("login", "incr"):
+                    user.acked = body["n"]
+                elif action == "logout":
+                    user.acked = None
+                    user = self._new_user()  # a new visitor takes its place
+
+    def check(self) -> tuple[int, int]:
+        """Sessions checked and lost: every user logged in must read back at
+        least the counter the server last acknowledged."""
         lost = 0
         checked = 0
-        for user in users:
+        for user in self.users:
             if user.acked is None:
                 continue
             checked += 1
             status, body = user.call("/read")
             if status != 200 or body["n"] is None or body["n"] < user.acked:
                 lost += 1
-        server.terminate()
-        server.wait(30)
+        return checked, lost
 
+
+def report(
+    args: argparse.Namespace, events: list, outage: tuple[float, float], checked: int, lost: int
+) -> int:
+    """Print what was served and what failed; 1 if a session was lost or a
+    request failed outside the outage window (widened by a second), else 0."""
+    outage_start, outage_end = outage
     margin = 1.0
     by_kind: collections.Counter = collections.Counter()
     outside = collections.Counter()
@@ -212,6 +199,31 @@ def main() -> int:
     print(f"errors outside the outage window (+-{margin:g} s): {dict(outside) or 'none'}")
     print(f"sessions checked: {checked}, lost: {lost}")
     return 1 if lost or outside else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--workers", type=int, default=3)
+    args = parser.parse_args()
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        postgres(Path(tmp) / "pg") as server,
+        gunicorn(server.dsn(DATABASE), args.workers) as url,
+    ):
+        started = time.monotonic()
+        with Crowd(url, args.users) as crowd:
+            time.sleep(args.seconds / 2)
+            outage_start = time.monotonic()
+            server.restart("fast")
+            outage_end = time.monotonic()
+            time.sleep(max(0.0, started + args.seconds - time.monotonic()))
+        checked, lost = crowd.check()
+    return report(args, crowd.events, (outage_start, outage_end), checked, lost)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,26 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .store import PGStore
+from typing import Protocol
 
 log = logging.getLogger("pyramid_pgstore")
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_REST = 1.0
-_LOCK_POLL = 0.5  # seconds between tries when waiting for another cleaner
+
+
+class Cleanable(Protocol):
+    """What a cleaner needs of a store (:class:`~pyramid_pgstore.PGStore` has it)."""
+
+    table: str
+
+    def cleanup_lock(
+        self, wait: bool = False, stop: threading.Event | None = None
+    ) -> AbstractContextManager[bool]: ...
+
+    def delete_expired_batch(self, limit: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class Cleaner:
     """
 
     def __init__(
-        self, store: PGStore, batch_size: int = DEFAULT_BATCH_SIZE, rest: float = DEFAULT_REST
+        self, store: Cleanable, batch_size: int = DEFAULT_BATCH_SIZE, rest: float = DEFAULT_REST
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -62,29 +70,6 @@ class Cleaner:
         self.store = store
         self.batch_size = batch_size
         self.rest = rest
-
-    @contextmanager
-    def _lock(self, wait: bool, stop: threading.Event | None) -> Iterator[bool]:
-        """Hold the table's cleanup lock for the block; yield whether we got it."""
-        with self.store._checkout.dedicated() as conn:
-            conn.autocommit = False
-            try:
-                with conn.cursor() as cur:
-                    # Holding a lock while idle must not get this session killed.
-                    cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-                    while True:
-                        cur.execute(self.store._sql.try_cleanup_lock, {"table": self.store._sql.quoted_table})
-                        (locked,) = cur.fetchone()
-                        if locked or not wait or (stop is not None and stop.is_set()):
-                            break
-                        if stop is not None:
-                            stop.wait(_LOCK_POLL)
-                        else:
-                            time.sleep(_LOCK_POLL)
-                yield locked
-            finally:
-                conn.rollback()  # ends the transaction: releases the lock
-                conn.autocommit = True
 
     def run_once(
         self,
@@ -100,14 +85,14 @@ class Cleaner:
         :param on_batch: called after each batch with (deleted so far, seconds).
         """
         started = time.monotonic()
-        with self._lock(wait, stop) as locked:
+        with self.store.cleanup_lock(wait, stop) as locked:
             if not locked:
                 return CleanupResult(0, 0, time.monotonic() - started, skipped=True)
             deleted = batches = 0
             stop = stop or threading.Event()
             while not stop.is_set():
                 batch_started = time.monotonic()
-                count = self.store._delete_expired_batch(self.batch_size)
+                count = self.store.delete_expired_batch(self.batch_size)
                 deleted += count
                 batches += 1
                 if on_batch is not None:

@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from webob import Request, Response
 from webob.cookies import CookieProfile, SignedSerializer
 
-SALT = "pyramid_pgstore.session."
-MIN_SECRET_BYTES = 32
+from .options import CookieOptions
 
-# RFC 6265: a cookie name is an HTTP token.
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+SALT = "pyramid_pgstore.session."
 
 # 32 random bytes, URL-safe base64 without padding: 43 characters.
 _SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{43}\Z")
@@ -77,30 +75,19 @@ class SessionCookie:
     Holds no per-request state, so one instance serves every thread.
     """
 
-    def __init__(
-        self,
-        secret_list: Sequence[str],
-        *,
-        cookie_name: str = "session",
-        max_age: int | None = None,
-        path: str = "/",
-        domain: str | None = None,
-        secure: bool = False,
-        httponly: bool = True,
-        samesite: str | None = "Lax",
-    ) -> None:
-        check_cookie_name(cookie_name)
-        self.name = cookie_name
-        self.max_age = max_age
-        self.signer = RotatingSigner(secret_list)
+    def __init__(self, options: CookieOptions) -> None:
+        self.options = options
+        self.name = options.cookie_name
+        self.max_age = options.max_age
+        self.signer = RotatingSigner(options.secret)
         self._profile = CookieProfile(
-            cookie_name,
-            secure=secure,
-            max_age=max_age,
-            httponly=httponly,
-            samesite=samesite,
-            path=path,
-            domains=[domain] if domain else None,
+            options.cookie_name,
+            secure=options.secure,
+            max_age=options.max_age,
+            httponly=options.httponly,
+            samesite=options.samesite,
+            path=options.path,
+            domains=[options.domain] if options.domain else None,
             serializer=self.signer,
         )
 
@@ -115,6 +102,10 @@ class SessionCookie:
             return self.signer.verify(value.encode("latin-1"))
         except (ValueError, UnicodeError):  # UnicodeError: bytes that are not a cookie value
             return None, False
+
+    def value(self, session_id: str) -> str:
+        """The cookie's value for ``session_id``: the signed id."""
+        return self.signer.dumps(session_id).decode("ascii")
 
     def set(self, response: Response, session_id: str) -> None:
         """Send the signed id."""
@@ -133,27 +124,3 @@ def vary_on_cookie(response: Response) -> None:
     vary = response.vary or ()
     if "Cookie" not in vary:
         response.vary = (*vary, "Cookie")
-
-
-def check_secrets(secret_list: Sequence[str]) -> None:
-    """Refuse missing or short secrets.
-
-    An HMAC key shorter than 32 bytes is within reach of an offline guess
-    from a single captured cookie; ``python -c 'import secrets;
-    print(secrets.token_urlsafe(48))'`` makes a good one.
-    """
-    if not secret_list:
-        raise ValueError("a secret is required")
-    for position, value in enumerate(secret_list, start=1):
-        if len(value.encode("utf-8")) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"secret #{position} is {len(value.encode('utf-8'))} bytes; at least "
-                f"{MIN_SECRET_BYTES} are needed so that a captured cookie cannot be used to "
-                "guess it (make one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
-            )
-
-
-def check_cookie_name(name: str) -> None:
-    """Refuse a cookie name that browsers would not accept (RFC 6265 token)."""
-    if not _COOKIE_NAME.match(name):
-        raise ValueError("must be letters, digits and !#$%&'*+-.^_`|~ only (no spaces, ';', '=' or quotes)")

@@ -28,8 +28,9 @@ from pyramid.request import Request
 from pyramid.response import Response
 from zope.interface import implementer, provider
 
-from . import _clock
-from .cookie import SessionCookie, check_secrets, new_session_id, vary_on_cookie
+from . import testing
+from .cookie import SessionCookie, new_session_id, vary_on_cookie
+from .options import CookieOptions, SessionOptions
 from .store import PGStore, SessionRecord, storage_key
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,17 +60,18 @@ class PGStoreSession(dict):
     with what was loaded. Calling :meth:`changed` is still allowed.
     """
 
-    # Set by PGStoreSessionFactory on the subclass it makes.
-    _store: PGStore
-    _cookie: SessionCookie
+    # Set by session_factory on the subclass it makes: the configuration,
+    # captured once, so that a request only reads its cookie.
+    store: PGStore
+    cookie: SessionCookie
+    options: SessionOptions
     _ttl: float | None  # server-side lifetime; None: no expiry
     _reissue_time: float | None
-    _set_on_exception: bool
 
     def __init__(self, request: Request) -> None:
         self.request: Request | None = request
         self.new = True
-        self.created = time.time() + _clock.clock.offset
+        self.created = time.time() + testing.clock.offset
         self._id: str | None = None  # None until saved, and after invalidate()
         self._payload: str | None = None  # the stored data, as loaded
         self._refresh = False  # the expiry is due for a refresh
@@ -77,9 +79,9 @@ class PGStoreSession(dict):
         self._delete_cookie = False
         self._finishing = False  # _finish is due when the response is ready
         self._finished = False
-        session_id, current_secret = self._cookie.read(request)
+        session_id, current_secret = self.cookie.read(request)
         if session_id is not None:
-            record = self._store.load(session_id)
+            record = self.store.load(session_id)
             if record is not None:
                 self._adopt(session_id, record, current_secret)
             else:
@@ -125,14 +127,14 @@ class PGStoreSession(dict):
         later in the request: that data goes to a brand-new session id.
         """
         if self._id is not None:
-            self._store.delete(self._id)
+            self.store.delete(self._id)
             self._delete_cookie = True
         self._id = None
         self._payload = None
         self._refresh = self._resign = False
         dict.clear(self)
         self.new = True
-        self.created = time.time() + _clock.clock.offset
+        self.created = time.time() + testing.clock.offset
         self._finish_with_response()
 
     __setitem__ = _changes(dict.__setitem__)
@@ -183,7 +185,7 @@ class PGStoreSession(dict):
             return
         self._finished = True
         self.request = None  # the session outlives the request in some apps
-        if not self._set_on_exception and getattr(request, "exception", None) is not None:
+        if not self.options.set_on_exception and getattr(request, "exception", None) is not None:
             return
         if self._payload is not None:
             # This response was made with a stored session's data: a shared
@@ -191,89 +193,66 @@ class PGStoreSession(dict):
             vary_on_cookie(response)
         if not self:
             if self._id is not None:  # emptied by the app: nothing left to keep
-                self._store.delete(self._id)
+                self.store.delete(self._id)
                 self._id = None
                 self._delete_cookie = True
             if self._delete_cookie:
-                self._cookie.delete(response)
+                self.cookie.delete(response)
             return
-        payload = self._store.serialize(self)  # SessionTooLarge before any write
-        send_cookie = self._resign or self._cookie.max_age is not None
+        payload = self.store.serialize(self)  # SessionTooLarge before any write
+        send_cookie = self._resign or self.cookie.max_age is not None
         if self._id is None:
             self._id = new_session_id()
-            self._store.save_serialized(self._id, payload, self._ttl)
+            self.store.save_serialized(self._id, payload, self._ttl)
             send_cookie = True
         elif payload != self._payload or self._refresh:
             # Only a live row is written: a session that another request
             # invalidated (a logout) or that expired meanwhile stays gone.
             if payload != self._payload:
-                alive = self._store.replace_serialized(self._id, payload, self._ttl)
+                alive = self.store.replace_serialized(self._id, payload, self._ttl)
             else:
-                alive = self._store.touch(self._id, self._ttl)
+                alive = self.store.touch(self._id, self._ttl)
             if not alive:
                 self._id = None
-                self._cookie.delete(response)
+                self.cookie.delete(response)
                 return
         elif not self._resign:
             return  # read only: nothing to write, nothing to send
         self._payload = payload
         if send_cookie:
-            self._cookie.set(response, self._id)
+            self.cookie.set(response, self._id)
 
 
-def PGStoreSessionFactory(
-    store: PGStore,
-    secret: str | Sequence[str],
-    *,
-    cookie_name: str = "session",
-    max_age: int | None = None,
-    path: str = "/",
-    domain: str | None = None,
-    secure: bool = False,
-    httponly: bool = True,
-    samesite: str | None = "Lax",
-    timeout: float | None = 1200,
-    reissue_time: float | None = None,
-    set_on_exception: bool = True,
-) -> ISessionFactory:
+def PGStoreSessionFactory(store: PGStore, secret: str | Sequence[str], **options: Any) -> ISessionFactory:
     """A Pyramid session factory storing sessions in ``store``.
 
     :param store: the :class:`PGStore` holding the sessions.
     :param secret: the signing secret, or several (whitespace-separated in one
         string, or a sequence): the first signs, all verify. Each is at least
         32 bytes.
-    :param cookie_name, max_age, path, domain, secure, httponly, samesite:
-        the cookie's attributes; ``max_age`` None makes a browser-session
-        cookie. ``samesite`` is ``"Strict"``, ``"Lax"``, ``"None"`` or None.
-    :param timeout: seconds of inactivity after which the stored session
-        expires; None for no idle expiry (then ``max_age``, if set, bounds the
-        stored session instead, and with neither it never expires).
-    :param reissue_time: a read refreshes the expiry at most this often;
-        default a tenth of the lifetime; 0 refreshes on every request.
-    :param set_on_exception: save the session and send the cookie even when
-        the view raised an exception.
+    :param options: the cookie's attributes (``cookie_name``, ``max_age``,
+        ``path``, ``domain``, ``secure``, ``httponly``, ``samesite``: see
+        :class:`~pyramid_pgstore.options.CookieOptions`) and the session's
+        (``timeout``, ``reissue_time``, ``set_on_exception``: see
+        :class:`~pyramid_pgstore.options.SessionOptions`), with the same
+        defaults, checks and conversions as the ``pgstore.*`` settings.
+    :raises OptionError: a value is refused; the error names it.
     """
-    secret_list = secret.split() if isinstance(secret, str) else list(secret)
-    check_secrets(secret_list)
-    ttl = timeout if timeout is not None else max_age
-    if reissue_time is None and ttl is not None:
-        reissue_time = ttl / 10
-    cookie = SessionCookie(
-        secret_list,
-        cookie_name=cookie_name,
-        max_age=max_age,
-        path=path,
-        domain=domain,
-        secure=secure,
-        httponly=httponly,
-        samesite=samesite,
-    )
+    cookie_fields = CookieOptions.field_names()
+    cookie = CookieOptions(secret=secret, **{k: v for k, v in options.items() if k in cookie_fields})
+    session = SessionOptions(**{k: v for k, v in options.items() if k not in cookie_fields})
+    return session_factory(store, cookie, session)
+
+
+def session_factory(store: PGStore, cookie: CookieOptions, session: SessionOptions) -> ISessionFactory:
+    """:func:`PGStoreSessionFactory` for options already built (what
+    ``config.include`` uses)."""
     attributes = {
-        "_store": store,
-        "_cookie": cookie,
-        "_ttl": ttl,
-        "_reissue_time": reissue_time,
-        "_set_on_exception": set_on_exception,
+        "store": store,
+        "cookie": SessionCookie(cookie),
+        "options": session,
+        "_ttl": session.lifetime(cookie),
+        "_reissue_time": session.refresh_after(cookie),
     }
     return provider(ISessionFactory)(type("PGStoreSession", (PGStoreSession,), attributes))
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .pg_ctl import _open_path_to
+from pyramid_pgstore.localdb import free_port, open_path_to
 
 # Server connections per (database, user) pool. Deliberately few: many client
 # connections then share them, as they do in production.
@@ -45,12 +45,6 @@ def find_pgbouncer(path: str = "") -> str | None:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _quote(value: str) -> str:
@@ -143,7 +137,7 @@ class PgBouncer:
             user = pwd.getpwnam(self.run_as)
         except KeyError:
             raise RuntimeError(f"no user {self.run_as!r} to run pgbouncer as (--pgstore-run-as)") from None
-        _open_path_to(self.workdir.resolve())
+        open_path_to(self.workdir.resolve())
         for path in (self.workdir, *self.workdir.iterdir()):
             os.chown(path, user.pw_uid, user.pw_gid)
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
@@ -158,7 +152,7 @@ class PgBouncer:
         # The port is picked here and bound by pgbouncer a moment later: if
         # another program takes it in between, try another one.
         for _attempt in range(3):
-            port = _free_port()
+            port = free_port()
             ini = self._write_config(port)
             self._log = open(self.log_path, "ab")  # closed in stop()
             self.process = subprocess.Popen(  # noqa: S603 - our own arguments

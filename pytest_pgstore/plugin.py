@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pytest_postgresql import factories
 
-from .pg_ctl import PG_CTL_ENV, RUN_AS_ENV, default_run_as_user, find_pg_ctl, launcher_path
+from pyramid_pgstore import testing
+from pyramid_pgstore.localdb import PG_CTL_ENV, RUN_AS_ENV, find_pg_ctl, launcher_path, run_as_user
+
 from .pgbouncer import PgBouncer, find_pgbouncer
 
 if TYPE_CHECKING:
@@ -152,12 +154,7 @@ def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any) -> Iterator[str]:
     with _pgstore_janitor.cursor() as cur:
         cur.execute(_EMPTY_ALL_TABLES)
     yield pgstore_server.dsn
-    from pyramid_pgstore.store import _LIVE_STORES
-
-    dsns = {pgstore_server.dsn, *_BOUNCER_DSNS}
-    for store in list(_LIVE_STORES):
-        if store.dsn in dsns:
-            store.close()
+    testing.close_stores({pgstore_server.dsn, *_BOUNCER_DSNS})
 
 
 # The DSN of pgstore_pgbouncer_dsn, once started in this process.
@@ -183,9 +180,7 @@ def pgstore_settings(pgstore_dsn: str) -> dict[str, str]:
 
 def _run_as(config: pytest.Config) -> str | None:
     """Under root, the user that runs the server and pgbouncer; else None."""
-    if os.geteuid() != 0:
-        return None
-    return _option(config, "run_as") or default_run_as_user()
+    return run_as_user(_option(config, "run_as"))
 
 
 @pytest.fixture(scope="session")
@@ -268,22 +263,16 @@ class StoreClock:
 
     def advance(self, seconds: float) -> None:
         """Make it ``seconds`` later (sessions expire, reissue times pass)."""
-        from pyramid_pgstore._clock import clock
-
-        clock.offset += seconds
+        testing.advance_clock(seconds)
 
     @property
     def offset(self) -> float:
         """Seconds added to the database clock so far in this test."""
-        from pyramid_pgstore._clock import clock
-
-        return clock.offset
+        return testing.clock_offset()
 
 
 @pytest.fixture
 def pgstore_clock() -> Iterator[StoreClock]:
     """A clock to advance instead of sleeping; back to real time after the test."""
-    from pyramid_pgstore._clock import clock
-
     yield StoreClock()
-    clock.offset = 0.0
+    testing.reset_clock()

@@ -23,7 +23,7 @@ from pyramid.view import exception_view_config
 from pytest_postgresql import factories
 
 from pyramid_pgstore import PGStore, StoreUnavailable, get_store
-from pytest_pgstore.pg_ctl import launcher_path
+from pyramid_pgstore.localdb import launcher_path
 
 fault_proc = factories.postgresql_proc(executable=launcher_path(), port=None, dbname="faults")
 

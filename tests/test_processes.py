@@ -1,6 +1,6 @@
 """Many app servers, one session store: three separate waitress processes.
 
-Each process (tests/wsgi_server.py) has its own interpreter and its own pool
+Each process (pyramid_pgstore/demo/api.py) has its own interpreter and its own pool
 on one database, straight to PostgreSQL or through PgBouncer in transaction
 mode. A client with one cookie jar moves between them the way a load
 balancer without sticky sessions would send it. The processes are started
@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
-import wsgi_server
+
+from pyramid_pgstore.demo import api as wsgi_server
 
 
 @pytest.fixture(scope="module", params=["direct", "pgbouncer"])

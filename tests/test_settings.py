@@ -35,7 +35,7 @@ def sql(dsn, query):
 # A value other than the default for every setting, and what it parses to.
 # The DSN is filled in by the test.
 CONFIGURED = {
-    "secret": (f"{LONG_SECRET}\n  {OTHER_SECRET}", [LONG_SECRET, OTHER_SECRET]),
+    "secret": (f"{LONG_SECRET}\n  {OTHER_SECRET}", (LONG_SECRET, OTHER_SECRET)),
     "cookie_name": (" sid ", "sid"),
     "max_age": ("3600", 3600),
     "path": ("/app", "/app"),
@@ -64,7 +64,7 @@ def test_every_setting_parses(pgstore_dsn):
     assert set(CONFIGURED) | {"dsn"} == {setting.name for setting in SETTINGS}
     settings = {f"pgstore.{name}": raw for name, (raw, _) in CONFIGURED.items()}
     settings["pgstore.dsn"] = pgstore_dsn
-    parsed = parse_settings(settings)
+    parsed = parse_settings(settings).by_name()
     assert parsed == {"dsn": pgstore_dsn, **{name: value for name, (_, value) in CONFIGURED.items()}}
 
     config = include(settings)
@@ -76,10 +76,10 @@ def test_every_setting_parses(pgstore_dsn):
 
 
 def test_the_defaults_are_the_documented_ones(pgstore_dsn):
-    parsed = parse_settings({"pgstore.dsn": pgstore_dsn, "pgstore.secret": LONG_SECRET})
+    parsed = parse_settings({"pgstore.dsn": pgstore_dsn, "pgstore.secret": LONG_SECRET}).by_name()
     assert parsed == {
         "dsn": pgstore_dsn,
-        "secret": [LONG_SECRET],
+        "secret": (LONG_SECRET,),
         "cookie_name": "session",
         "max_age": None,
         "path": "/",
@@ -110,7 +110,7 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
 )
 def test_booleans_are_spelled_as_in_ini_files(raw, expected):
     parsed = parse_settings({"pgstore.dsn": "dbname=x", "pgstore.secret": LONG_SECRET, "pgstore.secure": raw})
-    assert parsed["secure"] is expected
+    assert parsed.cookie.secure is expected
 
 
 @pytest.mark.parametrize("name", ["timeout", "reissue_time", "max_age"])
@@ -119,7 +119,7 @@ def test_none_switches_off_an_optional_duration(name, raw):
     parsed = parse_settings(
         {"pgstore.dsn": "dbname=x", "pgstore.secret": LONG_SECRET, f"pgstore.{name}": raw}
     )
-    assert parsed[name] is None
+    assert parsed.by_name()[name] is None
 
 
 @pytest.mark.parametrize("raw", ["Strict", "lax", "NONE"])
@@ -132,7 +132,7 @@ def test_samesite_is_case_insensitive(raw):
             "pgstore.secure": "1",
         }
     )
-    assert parsed["samesite"] == raw.capitalize()
+    assert parsed.cookie.samesite == raw.capitalize()
 
 
 BAD = {

@@ -23,7 +23,7 @@ from pyramid.scripts.common import parse_vars
 
 from pyramid_pgstore.cleanup import DEFAULT_BATCH_SIZE, DEFAULT_REST, Cleaner, CleanupResult
 from pyramid_pgstore.errors import PGStoreError
-from pyramid_pgstore.settings import parse_settings
+from pyramid_pgstore.settings import configuration_errors, parse_settings
 from pyramid_pgstore.store import PGStore
 
 USAGE_ERROR = 2
@@ -127,17 +127,12 @@ def _load_store(config_uri: str, config_vars: list[str]) -> PGStore:
     settings.update((name, value) for name, value in options.items() if name.startswith("pgstore."))
     try:
         parsed = parse_settings(settings, need_secret=False)
-        return PGStore(
-            parsed["dsn"],
-            table=parsed["table"],
-            pool_min=0,
-            pool_max=2,
-            pool_timeout=parsed["pool_timeout"],
-            statement_timeout=parsed["statement_timeout"],
-            create_table=False,
-            max_length=0,
-        )
-    except (ConfigurationError, ValueError) as exc:
+        # Two connections at most (the lock's and the batches'); no table
+        # creation and no cleanup thread of its own.
+        options = parsed.store.replace(pool_min=0, pool_max=2, create_table=False, cleanup_interval=0)
+        with configuration_errors(settings):
+            return PGStore(parsed.dsn, options=options)
+    except ConfigurationError as exc:
         raise ScriptError(f"{config_uri}: {exc}") from None
 
 

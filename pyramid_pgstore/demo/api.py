@@ -1,7 +1,8 @@
-"""One app server process: a Pyramid app on pyramid_pgstore, served by waitress.
+"""The demo's JSON API, served by waitress in a process of its own.
 
-tests/test_processes.py starts three of these against one database, and
-bench/processes.py measures one against three. Settings come from the
+A deployment's app server in miniature: tests/test_processes.py starts three
+of these against one database, and bench/processes.py measures one against
+three. Settings come from the
 environment:
 
 ``PGSTORE_DSN``, ``PGSTORE_SECRET``
@@ -22,7 +23,7 @@ answers JSON with the process id, so a client can tell who served it:
 ``/logout``         deletes the session
 ``/ping``           never touches the session (no database work)
 
-Usage: python tests/wsgi_server.py; or, from Python, :func:`start` several.
+Usage: python -m pyramid_pgstore.demo.api; or, from Python, :func:`start` several.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def start(count: int, env: dict[str, str], logdir: Path, timeout: float = 30.0) 
         log_path = logdir / f"wsgi-{i}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
-                [sys.executable, __file__],
+                [sys.executable, "-m", "pyramid_pgstore.demo.api"],
                 env={**os.environ, **env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
