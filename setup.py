@@ -25,7 +25,7 @@ testing_extras = [
 
 setup(
     name="pyramid_pgstore",
-    version="0.1.0.dev0",
+    version="0.2.0.dev0",
     description="Server-side Pyramid sessions stored in PostgreSQL",
     long_description=README,
     long_description_content_type="text/x-rst",
@@ -53,6 +53,7 @@ setup(
         "pytest11": ["pgstore = pytest_pgstore.plugin"],
         "console_scripts": [
             "pgstore-cleanup = pyramid_pgstore.scripts.cleanup:main",
+            "pgstore-schema = pyramid_pgstore.scripts.schema:main",
             "pgstore-pg-ctl = pyramid_pgstore.localdb:pg_ctl_main",
         ],
     },

@@ -6,11 +6,13 @@ or build a session factory in code with :func:`PGStoreSessionFactory`.
 
 from .cleanup import Cleaner, CleanupHandle, CleanupResult
 from .config import IPGStore, get_store, includeme
-from .errors import PGStoreError, PoolTimeout, SessionTooLarge, StoreUnavailable
+from .errors import PGStoreError, PoolTimeout, SchemaOutdated, SessionTooLarge, StoreUnavailable
+from .factory import PGStoreSessionFactory
 from .options import CookieOptions, OptionError, SessionOptions, StoreOptions
+from .records import SessionInfo, SessionRecord
 from .serializer import JSONSerializer
-from .session import PGStoreSessionFactory
-from .store import PGStore, SessionRecord
+from .store import PGStore
+from .users import list_sessions, renew_session, revoke_other_sessions, revoke_session
 
 __all__ = [
     "Cleaner",
@@ -24,6 +26,8 @@ __all__ = [
     "PGStoreError",
     "PGStoreSessionFactory",
     "PoolTimeout",
+    "SchemaOutdated",
+    "SessionInfo",
     "SessionOptions",
     "SessionRecord",
     "SessionTooLarge",
@@ -31,4 +35,8 @@ __all__ = [
     "StoreUnavailable",
     "get_store",
     "includeme",
+    "list_sessions",
+    "renew_session",
+    "revoke_other_sessions",
+    "revoke_session",
 ]

@@ -27,7 +27,18 @@ from psycopg2.extensions import cursor as Cursor
 from .errors import PGStoreError
 
 # The SQL type of each named parameter the prepared statements take.
-_PARAMETER_TYPES = {"key": "text", "data": "text", "ttl": "interval"}
+_PARAMETER_TYPES = {
+    "key": "text",
+    "data": "text",
+    "ttl": "interval",
+    "version": "text",
+    "new_key": "text",
+    "old_key": "text",
+    "userid": "text",
+    "ip": "text",
+    "ua": "text",
+    "cap": "interval",
+}
 _PARAMETER = re.compile(r"%\((\w+)\)s")
 
 

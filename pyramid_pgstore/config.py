@@ -8,7 +8,7 @@ from pyramid.request import Request
 from pyramid.tweens import EXCVIEW
 from zope.interface import Interface
 
-from .session import session_factory
+from .factory import session_factory
 from .settings import configuration_errors, parse_settings
 from .store import PGStore
 

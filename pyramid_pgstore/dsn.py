@@ -1,8 +1,11 @@
-"""The connection string: checked once, completed with safe libpq defaults."""
+"""The connection string: checked once, completed with safe libpq defaults,
+and never repeated with its password."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg2
 from psycopg2.extensions import parse_dsn
@@ -18,7 +21,7 @@ def connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
     try:
         given = parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
-        raise OptionError("dsn", f"invalid dsn: {exc}".strip()) from None
+        raise OptionError("dsn", redact(str(exc).strip(), dsn)) from None
     kwargs: dict[str, Any] = {"dsn": dsn}
     seconds = max(2, int(pool_timeout + 0.999))
     if "connect_timeout" not in given:
@@ -38,3 +41,63 @@ def connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
     }
     kwargs.update((name, value) for name, value in defaults.items() if name not in given)
     return kwargs
+
+
+# libpq's connection keywords: in ``password=a b c host=x``, the words up to
+# the next of these are taken for pieces of the password.
+_KEYWORDS = (
+    "host hostaddr port dbname user password passfile channel_binding connect_timeout client_encoding "
+    "options application_name fallback_application_name keepalives keepalives_idle keepalives_interval "
+    "keepalives_count tcp_user_timeout replication gssencmode sslmode requiressl sslcompression sslcert "
+    "sslkey sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni requirepeer require_auth "
+    "ssl_min_protocol_version ssl_max_protocol_version krbsrvname gsslib gssdelegation service "
+    "target_session_attrs load_balance_hosts"
+).split()
+_NEXT_KEYWORD = "(?:" + "|".join(_KEYWORDS) + r")\s*="
+_KEYWORD_PASSWORD = re.compile(
+    r"\b(?:ssl)?password\s*=\s*(?P<value>'(?:[^'\\]|\\.)*'?|\S*)"  # the value, quoted or not
+    r"(?P<rest>(?:\s+(?!" + _NEXT_KEYWORD + r")\S+)*)"  # words libpq would misread
+)
+_URL_USERINFO = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://(?P<userinfo>[^/?#\s]*)@")
+_URL_PASSWORD_PARAMETER = re.compile(r"[?&]password=([^&#\s]*)")
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def _secrets(text: str) -> set[str]:
+    """Every piece of ``text`` (a DSN, or a message quoting one) that may be
+    (part of) a password, in both the keyword form (also an unquoted password
+    with spaces, which libpq reads as several words) and the URL form (also
+    percent-encoded)."""
+    found: set[str] = set()
+    for match in _KEYWORD_PASSWORD.finditer(text):
+        found.add(match.group("value").strip("'"))
+        found.update(re.split(r"[\s=]+", match.group("rest")))
+    for match in _URL_USERINFO.finditer(text):
+        if ":" in match.group("userinfo"):
+            found.add(match.group("userinfo").split(":", 1)[1])
+    found.update(_URL_PASSWORD_PARAMETER.findall(text))
+    found.update({unquote(piece) for piece in found})
+    return {piece for piece in found if piece}
+
+
+def redact(message: str, dsn: str = "") -> str:
+    """``message`` with every password it holds replaced by ``***``: those of
+    ``dsn``, and any in a DSN the message quotes itself.
+
+    libpq quotes the token it could not parse (``invalid percent-encoded
+    token: "correct-horse%zz"``); a quoted token that overlaps a password is
+    hidden whole.
+    """
+    pieces = _secrets(dsn) | _secrets(message)
+    if not pieces:
+        return message
+
+    def hide_quoted(match: re.Match[str]) -> str:
+        token = match.group(1)
+        overlaps = any(piece in token or (len(token) >= 3 and token in piece) for piece in pieces)
+        return '"***"' if overlaps else match.group(0)
+
+    message = _QUOTED.sub(hide_quoted, message)
+    for piece in sorted(pieces, key=len, reverse=True):
+        message = message.replace(piece, "***")
+    return message

@@ -30,3 +30,20 @@ class SessionTooLarge(PGStoreError, ValueError):
         )
         self.size = size
         self.max_length = max_length
+
+
+class SchemaOutdated(PGStoreError):
+    """The sessions table is missing, or has the layout of an older release.
+
+    ``config.include`` creates or upgrades it in place unless
+    ``pgstore.create_table = false``; then run ``pgstore-schema <your.ini>
+    --apply`` (or put the SQL it prints into a migration) first.
+    """
+
+    def __init__(self, table: str, problem: str) -> None:
+        super().__init__(
+            f"{problem}: run 'pgstore-schema <your .ini file> --apply', or put the SQL that "
+            "'pgstore-schema <your .ini file>' prints into a migration, or set "
+            "pgstore.create_table = true to have it done at start"
+        )
+        self.table = table

@@ -16,12 +16,14 @@ from typing import Any, TypeVar
 
 from pyramid.path import DottedNameResolver
 
+from .limits import MAX_LENGTH, MAX_POOL_SIZE, MAX_POOL_TIMEOUT, MAX_SECONDS, MAX_STATEMENT_TIMEOUT
 from .sql import check_table_name
 
 T = TypeVar("T")
 
 MIN_SECRET_BYTES = 32
 DEFAULT_TABLE = "http_sessions"
+
 
 _NONE = ("", "none", "null", "off")
 _TRUE = ("true", "yes", "on", "1")
@@ -67,8 +69,9 @@ def boolean(value: Any) -> bool:
     raise ValueError("must be true or false")
 
 
-def number(kind: type = float, minimum: float = 0) -> Callable[[Any], Any]:
-    """A converter to ``kind`` (int or float), finite and at least ``minimum``."""
+def number(kind: type = float, minimum: float = 0, maximum: float | None = None) -> Callable[[Any], Any]:
+    """A converter to ``kind`` (int or float), finite, at least ``minimum``
+    and at most ``maximum``."""
 
     def convert(value: Any) -> Any:
         try:
@@ -86,6 +89,8 @@ def number(kind: type = float, minimum: float = 0) -> Callable[[Any], Any]:
             raise ValueError("must be a finite number")
         if converted < minimum:
             raise ValueError(f"must be {minimum} or more")
+        if maximum is not None and converted > maximum:
+            raise ValueError(f"must be {maximum:g} or less")
         return converted
 
     return convert
@@ -227,16 +232,16 @@ class StoreOptions(_Options):
     """
 
     table: str = option(DEFAULT_TABLE, table_name)
-    pool_min: int = option(1, number(int))
-    pool_max: int = option(10, number(int, 1))
-    pool_timeout: float = option(30.0, number(float, 0.001))
-    statement_timeout: float | None = option(None, optional(number(float, 0.001)))
+    pool_min: int = option(1, number(int, 0, MAX_POOL_SIZE))
+    pool_max: int = option(10, number(int, 1, MAX_POOL_SIZE))
+    pool_timeout: float = option(30.0, number(float, 0.001, MAX_POOL_TIMEOUT))
+    statement_timeout: float | None = option(None, optional(number(float, 0.001, MAX_STATEMENT_TIMEOUT)))
     synchronous_commit: bool = option(True, boolean)
     prepare_statements: bool = option(False, boolean)
     create_table: bool = option(True, boolean)
-    max_length: int = option(4096, number(int))
+    max_length: int = option(4096, number(int, 0, MAX_LENGTH))
     serializer: Any = option(None, serializer_object)
-    cleanup_interval: float = option(0, number(float))
+    cleanup_interval: float = option(0, number(float, 0, MAX_SECONDS))
 
     def _check(self) -> None:
         if self.pool_min > self.pool_max:
@@ -258,7 +263,7 @@ class CookieOptions(_Options):
 
     secret: Sequence[str] = option((), secret_list)
     cookie_name: str = option("session", token)
-    max_age: int | None = option(None, optional(number(int, 1)))
+    max_age: int | None = option(None, optional(number(int, 1, MAX_SECONDS)))
     path: str = option("/", text)
     domain: str | None = option(None, optional_text)
     secure: bool = option(False, boolean)
@@ -272,7 +277,7 @@ class CookieOptions(_Options):
 
 @dataclass(frozen=True)
 class SessionOptions(_Options):
-    """How long a session lives and when it is written.
+    """How long a session lives, when it is written, and whose it is.
 
     :param timeout: seconds of inactivity after which the stored session
         expires; None for no idle expiry (then the cookie's ``max_age``, if
@@ -282,11 +287,25 @@ class SessionOptions(_Options):
         None: a tenth of the lifetime; 0 refreshes on every request.
     :param set_on_exception: save the session and send the cookie even when
         the view raised an exception.
+    :param userid_key: the session key whose value names the session's user
+        (what Pyramid's ``SessionAuthenticationHelper`` writes); it is stored,
+        as text, in the row's ``userid`` column.
+    :param renew_on_login: give the session a new id, keeping its data,
+        whenever the value under ``userid_key`` changes (log in, switch
+        user, log out without ``invalidate()``).
+    :param track_client: record the client's address and User-Agent with
+        the row when it is written.
+    :param max_lifetime: seconds from the session's creation after which it
+        ends however active it is (an absolute timeout); None: no limit.
     """
 
-    timeout: float | None = option(1200, optional(number(float, 1)))
-    reissue_time: float | None = option(None, optional(number(float)))
+    timeout: float | None = option(1200, optional(number(float, 1, MAX_SECONDS)))
+    reissue_time: float | None = option(None, optional(number(float, 0, MAX_SECONDS)))
     set_on_exception: bool = option(True, boolean)
+    userid_key: str = option("auth.userid", required_text)
+    renew_on_login: bool = option(True, boolean)
+    track_client: bool = option(True, boolean)
+    max_lifetime: float | None = option(None, optional(number(float, 1, MAX_SECONDS)))
 
     def lifetime(self, cookie: CookieOptions) -> float | None:
         """Seconds a stored session lives without use: the timeout, else the

@@ -29,6 +29,7 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 from psycopg2.pool import AbstractConnectionPool, PoolError, ThreadedConnectionPool
 
+from .dsn import redact
 from .errors import PGStoreError, PoolTimeout, StoreUnavailable
 
 log = logging.getLogger("pyramid_pgstore")
@@ -140,6 +141,8 @@ class Checkout:
     :meth:`putconn` in a ``finally`` block.
     """
 
+    _dsn = ""  # for keeping its password out of error messages
+
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.waits = 0
@@ -178,7 +181,9 @@ class Checkout:
                 if pool.closed:
                     raise PGStoreError("the connection pool is closed") from None
             except psycopg2.OperationalError as exc:
-                raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+                raise StoreUnavailable(
+                    redact(f"cannot connect to PostgreSQL: {exc}".strip(), self._dsn)
+                ) from exc
             else:
                 self._lend(conn)
                 return conn
@@ -201,6 +206,9 @@ class Checkout:
                     self._cond.wait(min(remaining, _WAIT_POLL))
                 finally:
                     self._waiting -= 1
+
+    def _cannot_connect(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(redact(f"cannot connect to PostgreSQL: {str(exc).strip()}", self._dsn))
 
     def putconn(self, conn: Connection, broken: bool = False) -> None:
         """Give a connection back; a broken one is closed, with its idle peers."""
@@ -272,6 +280,7 @@ class OwnedPool(Checkout):
         self._minconn = minconn
         self._maxconn = maxconn
         self._connect_kwargs = connect_kwargs
+        self._dsn = str(connect_kwargs.get("dsn", ""))
         self._opened_before = 0
         super().__init__(timeout)
 
@@ -316,7 +325,7 @@ class OwnedPool(Checkout):
         try:
             conn = psycopg2.connect(**self._connect_kwargs)
         except psycopg2.OperationalError as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+            raise self._cannot_connect(exc) from exc
         try:
             conn.autocommit = True
             yield conn

@@ -8,8 +8,18 @@ Cost model, per request:
   no row and sets no cookie;
 * a valid cookie: one SELECT when the session is first accessed;
 * at the end of the request, at most one write: the row is saved if its data
-  changed, its expiry refreshed if ``reissue_time`` has passed, or it is
-  deleted if the app emptied it; ``invalidate()`` deletes at once.
+  changed (with a new id if its user changed), its expiry refreshed if
+  ``reissue_time`` has passed, or it is ended if the app emptied it;
+  ``invalidate()`` ends it at once. A write that finds the row written by
+  another request since it was read merges its own changes into that
+  (:mod:`pyramid_pgstore.merge`) and tries again: two round trips more, only
+  then.
+
+A response changes the cookie only for a session its request owns at the
+end: one it loaded, or one it created. A request whose session turns out to
+be gone (another request logged out, logged in or revoked it meanwhile)
+leaves the cookie alone, since the browser may already hold a newer one,
+and drops its write (logged at debug level).
 
 Methods that change the session are wrapped by :func:`_changes`; every other
 dict method only reads.
@@ -17,25 +27,30 @@ dict method only reads.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pyramid.interfaces import ISession, ISessionFactory
+from pyramid.interfaces import ISession
 from pyramid.request import Request
 from pyramid.response import Response
-from zope.interface import implementer, provider
+from zope.interface import implementer
 
 from . import testing
 from .cookie import SessionCookie, new_session_id, vary_on_cookie
-from .options import CookieOptions, SessionOptions
-from .store import PGStore, SessionRecord, storage_key
+from .merge import FLASH_PREFIX, write_merging
+from .options import SessionOptions
+from .records import SessionRecord, client_fields, storage_key
+from .serializer import check, encode
+from .store import PGStore
 
+log = logging.getLogger("pyramid_pgstore")
 F = TypeVar("F", bound=Callable[..., Any])
 
-_FLASH_PREFIX = "_f_"
 _CSRF_KEY = "_csrft_"
 
 
@@ -72,39 +87,59 @@ class PGStoreSession(dict):
         self.request: Request | None = request
         self.new = True
         self.created = time.time() + testing.clock.offset
-        self._id: str | None = None  # None until saved, and after invalidate()
-        self._payload: str | None = None  # the stored data, as loaded
+        self._id: str | None = None  # the stored session this request owns, once there is one
+        self._loaded: SessionRecord | None = None  # its row as read (or last written)
+        self._dead_id: str | None = None  # the cookie named a session that expired or went
+        self._superseded = False  # ... that another request ended a moment ago
         self._refresh = False  # the expiry is due for a refresh
         self._resign = False  # the cookie was signed by a retired secret
-        self._delete_cookie = False
+        self._cookie_due = False  # the id changed already (renew): send it
+        self._delete_cookie = False  # this request ended its own session
         self._finishing = False  # _finish is due when the response is ready
         self._finished = False
         session_id, current_secret = self.cookie.read(request)
-        if session_id is not None:
-            record = self.store.load(session_id)
-            if record is not None:
-                self._adopt(session_id, record, current_secret)
-            else:
-                # Expired or deleted: drop the cookie unless the session gets
-                # written, so the browser stops sending a dead id (a query each).
-                self._delete_cookie = True
-                self._finish_with_response()
+        if session_id is None:
+            return
+        found = self.store.lookup(session_id)
+        record = found.record
+        if record is not None and self._past_lifetime(record):
+            record = None
+        if record is not None:
+            self._adopt(session_id, record, current_secret)
+        elif found.ended:
+            self._superseded = True
+        elif not found.unreadable:  # an unreadable row is left alone, for someone to look at
+            self._dead_id = session_id
 
     def _adopt(self, session_id: str, record: SessionRecord, current_secret: bool) -> None:
         dict.update(self, record.data)
         self._id = session_id
-        self._payload = record.payload
+        self._loaded = record
         self.new = False
         self.created = record.created_on.timestamp()
         self._refresh = self._due_for_refresh(record)
         self._resign = not current_secret
         self._finish_with_response()  # to see changes, refresh or re-sign
 
+    def _past_lifetime(self, record: SessionRecord) -> bool:
+        cap = self.options.max_lifetime
+        return cap is not None and record.age >= cap
+
+    def _ttl_at(self, age: float) -> float | None:
+        """The lifetime to write for a session ``age`` seconds old: the idle
+        lifetime, but never past ``max_lifetime``."""
+        cap = self.options.max_lifetime
+        if cap is None:
+            return self._ttl
+        left = max(cap - age, 0.0)
+        return left if self._ttl is None else min(self._ttl, left)
+
     def _due_for_refresh(self, record: SessionRecord) -> bool:
-        if self._ttl is None or self._reissue_time is None:
+        ttl = self._ttl_at(record.age)
+        if ttl is None or self._reissue_time is None:
             return False
         remaining = (record.expires_on - record.loaded_at).total_seconds()
-        return self._ttl - remaining >= self._reissue_time
+        return ttl - remaining >= self._reissue_time
 
     @property
     def storage_key(self) -> str | None:
@@ -114,6 +149,16 @@ class PGStoreSession(dict):
         """
         return storage_key(self._id) if self._id else None
 
+    @property
+    def owner(self) -> str | None:
+        """Whose session this is: the value under ``userid_key``, as text
+        (what the row's ``userid`` column holds), or None."""
+        return self._owner_of(self)
+
+    def _owner_of(self, data: dict[str, Any]) -> str | None:
+        value = data.get(self.options.userid_key)
+        return None if value is None else str(value)
+
     # -- ISession -------------------------------------------------------------
 
     def changed(self) -> None:
@@ -121,20 +166,39 @@ class PGStoreSession(dict):
         self._finish_with_response()
 
     def invalidate(self) -> None:
-        """Delete the stored session now (one round trip) and empty this one.
+        """End the stored session now (one round trip) and empty this one.
 
         The response drops the cookie, unless data is written to the session
         later in the request: that data goes to a brand-new session id.
         """
         if self._id is not None:
-            self.store.delete(self._id)
+            self.store.end(self._id)
             self._delete_cookie = True
         self._id = None
-        self._payload = None
-        self._refresh = self._resign = False
+        self._loaded = None
+        self._refresh = self._resign = self._cookie_due = False
         dict.clear(self)
         self.new = True
         self.created = time.time() + testing.clock.offset
+        self._finish_with_response()
+
+    def renew(self) -> None:
+        """Give the stored session a new id now, keeping its data (and this
+        request's changes so far): one statement, after which the old id is
+        dead. The response sends the new id. A session not stored yet gets a
+        fresh id anyway, so there is nothing to do."""
+        if self._id is None or self._loaded is None:
+            return
+        payload = encode(self.store.serializer, self)
+        check(self.store.serializer, self, payload, self.store.max_length)
+        if not self._write(self.request, payload, renew=True):
+            self._lost("was ended while being renewed")
+            return
+        merged = self._loaded.data if self._loaded is not None else {}
+        if merged != self:  # another request's changes came in with the merge
+            dict.clear(self)
+            dict.update(self, merged)
+        self._cookie_due = True
         self._finish_with_response()
 
     __setitem__ = _changes(dict.__setitem__)
@@ -147,15 +211,15 @@ class PGStoreSession(dict):
     __ior__ = _changes(dict.__ior__)
 
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
-        storage = self.setdefault(_FLASH_PREFIX + queue, [])
+        storage = self.setdefault(FLASH_PREFIX + queue, [])
         if allow_duplicate or msg not in storage:
             storage.append(msg)
 
     def pop_flash(self, queue: str = "") -> list[Any]:
-        return self.pop(_FLASH_PREFIX + queue, [])
+        return self.pop(FLASH_PREFIX + queue, [])
 
     def peek_flash(self, queue: str = "") -> list[Any]:
-        return self.get(_FLASH_PREFIX + queue, [])
+        return self.get(FLASH_PREFIX + queue, [])
 
     def new_csrf_token(self) -> str:
         token = secrets.token_hex(20)
@@ -176,7 +240,8 @@ class PGStoreSession(dict):
             self.request.add_response_callback(self._finish)
 
     def _finish(self, request: Request, response: Response) -> None:
-        """Write what changed (at most one statement) and set the cookie.
+        """Write what changed (one statement, unless another request wrote
+        the row meanwhile) and set the cookie.
 
         Runs once: from :func:`session_tween_factory` (so a store error
         reaches the app's exception views), else as a response callback.
@@ -186,75 +251,120 @@ class PGStoreSession(dict):
         self._finished = True
         self.request = None  # the session outlives the request in some apps
         if not self.options.set_on_exception and getattr(request, "exception", None) is not None:
+            self._send_done_changes(response)  # only what already happened to the row
             return
-        if self._payload is not None:
+        if self._loaded is not None:
             # This response was made with a stored session's data: a shared
             # cache must not serve it to a request with another cookie.
             vary_on_cookie(response)
-        if not self:
-            if self._id is not None:  # emptied by the app: nothing left to keep
-                self.store.delete(self._id)
-                self._id = None
-                self._delete_cookie = True
-            if self._delete_cookie:
+        self._save(request, response)
+
+    def _send_done_changes(self, response: Response) -> None:
+        if self._id is not None and self._cookie_due:
+            self.cookie.set(response, self._id)
+        elif self._delete_cookie and self._id is None:
+            self.cookie.delete(response)
+
+    def _save(self, request: Request, response: Response) -> None:
+        loaded = self._loaded
+        if self._id is None or loaded is None:
+            if self:
+                self._save_new(request, response, encode(self.store.serializer, self))
+            elif self._delete_cookie:  # invalidate() ended the session this request had
                 self.cookie.delete(response)
             return
-        payload = self.store.serialize(self)  # SessionTooLarge before any write
-        send_cookie = self._resign or self.cookie.max_age is not None
-        if self._id is None:
-            self._id = new_session_id()
-            self.store.save_serialized(self._id, payload, self._ttl)
-            send_cookie = True
-        elif payload != self._payload or self._refresh:
-            # Only a live row is written: a session that another request
-            # invalidated (a logout) or that expired meanwhile stays gone.
-            if payload != self._payload:
-                alive = self.store.replace_serialized(self._id, payload, self._ttl)
-            else:
-                alive = self.store.touch(self._id, self._ttl)
-            if not alive:
-                self._id = None
-                self.cookie.delete(response)
+        renew = self.options.renew_on_login and self._owner_of(loaded.data) != self.owner
+        if renew and not self:
+            # Its user logged out (forget()) and nothing is left: end it, as invalidate().
+            self.store.end(self._id)
+            self._id = self._loaded = None
+            self.cookie.delete(response)
+            return
+        # Emptied by the app, it stays, empty: another request may be adding to it.
+        payload = encode(self.store.serializer, self)
+        if payload != loaded.payload or renew:
+            check(self.store.serializer, self, payload, self.store.max_length)  # before any write
+            if not self._write(request, payload, renew):
+                self._lost("was ended or revoked by another request")
                 return
-        elif not self._resign:
+            self._cookie_due |= renew
+        elif self._refresh:
+            if not self.store.touch(self._id, self._ttl_at(loaded.age), **self._client(request)):
+                self._lost("was ended or revoked by another request")
+                return
+        elif not (self._resign or self._cookie_due):
             return  # read only: nothing to write, nothing to send
-        self._payload = payload
-        if send_cookie:
+        if self._cookie_due or self._resign or self.cookie.max_age is not None:
             self.cookie.set(response, self._id)
 
+    def _save_new(self, request: Request, response: Response, payload: str) -> None:
+        if self._superseded:
+            log.debug("not saving a session whose cookie another request has just replaced")
+            return
+        check(self.store.serializer, self, payload, self.store.max_length)  # before any write
+        session_id = new_session_id()
+        row = {"userid": self.owner, **self._client(request)}
+        if self._dead_id is not None:
+            cap = self.options.max_lifetime
+            if not self.store.succeed(self._dead_id, session_id, payload, self._ttl_at(0), cap=cap, **row):
+                log.debug("not saving: another request already replaced this cookie's expired session")
+                return
+        else:
+            self.store.save_serialized(session_id, payload, self._ttl_at(0), **row)
+        self._id = session_id
+        self.cookie.set(response, session_id)
 
-def PGStoreSessionFactory(store: PGStore, secret: str | Sequence[str], **options: Any) -> ISessionFactory:
-    """A Pyramid session factory storing sessions in ``store``.
+    def _write(self, request: Request | None, payload: str, renew: bool) -> bool:
+        """Write ``payload`` over the loaded row (with a new id if ``renew``),
+        merging this request's changes into a concurrent write if there was
+        one (:func:`~pyramid_pgstore.merge.write_merging`). False if the row is gone."""
+        assert self._loaded is not None
 
-    :param store: the :class:`PGStore` holding the sessions.
-    :param secret: the signing secret, or several (whitespace-separated in one
-        string, or a sequence): the first signs, all verify. Each is at least
-        32 bytes.
-    :param options: the cookie's attributes (``cookie_name``, ``max_age``,
-        ``path``, ``domain``, ``secure``, ``httponly``, ``samesite``: see
-        :class:`~pyramid_pgstore.options.CookieOptions`) and the session's
-        (``timeout``, ``reissue_time``, ``set_on_exception``: see
-        :class:`~pyramid_pgstore.options.SessionOptions`), with the same
-        defaults, checks and conversions as the ``pgstore.*`` settings.
-    :raises OptionError: a value is refused; the error names it.
-    """
-    cookie_fields = CookieOptions.field_names()
-    cookie = CookieOptions(secret=secret, **{k: v for k, v in options.items() if k in cookie_fields})
-    session = SessionOptions(**{k: v for k, v in options.items() if k not in cookie_fields})
-    return session_factory(store, cookie, session)
+        def write(base: SessionRecord, data: dict[str, Any], payload: str, version: str | None) -> bool:
+            return self._write_once(request, base, data, payload, renew, version)
 
+        def reload() -> SessionRecord | None:
+            return self.store.load(self._id)  # type: ignore[arg-type]
 
-def session_factory(store: PGStore, cookie: CookieOptions, session: SessionOptions) -> ISessionFactory:
-    """:func:`PGStoreSessionFactory` for options already built (what
-    ``config.include`` uses)."""
-    attributes = {
-        "store": store,
-        "cookie": SessionCookie(cookie),
-        "options": session,
-        "_ttl": session.lifetime(cookie),
-        "_reissue_time": session.refresh_after(cookie),
-    }
-    return provider(ISessionFactory)(type("PGStoreSession", (PGStoreSession,), attributes))
+        return write_merging(self.store, self._loaded, self, payload, write, reload)
+
+    def _write_once(
+        self,
+        request: Request | None,
+        base: SessionRecord,
+        data: dict[str, Any],
+        payload: str,
+        renew: bool,
+        version: str | None,
+    ) -> bool:
+        """One try of :meth:`_write`; on success the written row is the loaded one."""
+        assert self._id is not None
+        row = {"userid": self._owner_of(data), **self._client(request)}
+        written: str | None = None  # a replace returns no version: a second write writes over
+        if renew:
+            new_id = new_session_id()
+            written = self.store.renew(self._id, new_id, payload, self._ttl_at(0), version=version, **row)
+            if written is None:
+                return False
+            self._id = new_id
+        elif not self.store.replace_serialized(
+            self._id, payload, self._ttl_at(base.age), version=version, keep_expiry=not self._refresh, **row
+        ):
+            return False
+        self._loaded = dataclasses.replace(base, payload=payload, version=written, data=dict(data))
+        return True
+
+    def _client(self, request: Request | None) -> dict[str, str | None]:
+        return client_fields(request if self.options.track_client else None)
+
+    def _lost(self, why: str) -> None:
+        """The session this request held has gone: from now on it owns none."""
+        log.debug(
+            "session %s… %s: its changes are dropped, its cookie left alone", self.storage_key[:12], why
+        )
+        self._id = None
+        self._loaded = None
+        self._superseded = True
 
 
 def session_tween_factory(

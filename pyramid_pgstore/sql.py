@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 from ._prepared import Prepared
+from .limits import MAX_SECONDS
 
 # What runs a statement: its text, or a server-side prepared statement.
 Statement = str | Prepared
@@ -51,11 +53,25 @@ def interval(ttl: float | None) -> str | None:
         finite = False
     if not finite:
         raise ValueError(f"ttl must be a finite number of seconds or None, got {ttl!r}")
+    if not 0 <= ttl <= MAX_SECONDS:
+        raise ValueError(f"ttl must be between 0 and {MAX_SECONDS} seconds (10 years) or None, got {ttl!r}")
     return f"{ttl:.6f} seconds"
 
 
 def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+# A session ended by a request (invalidate(), a new id) stays as a row with
+# no data for this long, so that requests already in flight with its cookie
+# see "ended" rather than "unknown", and leave the cookie alone.
+ENDED_GRACE_SECONDS = 60
+ENDED_GRACE = f"{ENDED_GRACE_SECONDS} seconds"
+
+
+def _just_ended(now: str, row: str = "") -> str:
+    """True for a session ended less than :data:`ENDED_GRACE` ago."""
+    return f"{row}data = '' AND {row}modified_on + interval '{ENDED_GRACE}' > {now}"
 
 
 class Statements:
@@ -81,6 +97,14 @@ class Statements:
       ``make_interval``, whose operator and function lookups run each time;
     * a session without expiry has statements of its own, with
       ``'infinity'``, rather than a ``COALESCE`` in every statement.
+
+    Each write family is a pair: ``(with a lifetime, forever)``.
+
+    A write of data names the version it read (``%(version)s``, the row's
+    ``xmin``): it changes the row only if no other request wrote it since,
+    else the store merges and tries again. An ended session is a row with
+    empty ``data`` that has expired at the moment it ended; cleanup leaves
+    it for :data:`ENDED_GRACE`.
     """
 
     SHIFTED_NOW = "(now() + %(offset)s * interval '1 second')"
@@ -93,7 +117,7 @@ class Statements:
         now: str = "now()",
         prepare: bool = False,
     ) -> None:
-        t, index = quoted_table(table)
+        t, _ = quoted_table(table)
         self._prepare = prepare
         self.quoted_table = t
         # Settings for one statement's transaction only: several statements
@@ -106,30 +130,99 @@ class Statements:
             else f"SET LOCAL statement_timeout = {_milliseconds(statement_timeout)}; "
         )
         write = limit + ("" if synchronous_commit else "SET LOCAL synchronous_commit = off; ")
-        self._limit = limit
-        self.regclass = "SELECT to_regclass(%(table)s) IS NOT NULL"
-        # One query string is one implicit transaction: the advisory lock
-        # serializes processes creating the table at once, and a failure
-        # leaves no transaction open on the connection.
-        self.create = (
-            "SELECT pg_advisory_xact_lock(hashtext(%(table)s));"
-            f" CREATE TABLE IF NOT EXISTS {t} ("
-            " key text PRIMARY KEY,"
-            " data text NOT NULL,"
-            " created_on timestamptz NOT NULL,"
-            " modified_on timestamptz NOT NULL,"
-            " expires_on timestamptz NOT NULL);"
-            f" CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_on)"
+        self._limit, self._write, self._now = limit, write, now
+        live = f"expires_on + interval '0 s' > {now}"
+        unchanged = "(%(version)s IS NULL OR xmin = %(version)s::xid)"
+        columns = "key, data, userid, ip, user_agent, created_on, modified_on, last_seen, expires_on"
+        fresh = f"%(userid)s, %(ip)s, %(ua)s, {now}, {now}, {now}"  # a new row's owner, client, times
+        ended = (
+            f"data = '', userid = NULL, ip = NULL, user_agent = NULL, modified_on = {now}, expires_on = {now}"
         )
-        # Also returns an expired row, not yet cleaned up: PGStore.load drops it.
-        load = f"SELECT data, created_on, modified_on, expires_on, {now} FROM {t} WHERE key = %(key)s"
-        self.load = self._statement("load", limit, load)
-        # Writes with a lifetime (%(ttl)s, interval text), and without one.
-        self.save, self.replace, self.touch = self._writes(t, write, now, f"{now} + %(ttl)s::interval", "")
-        self.save_forever, self.replace_forever, self.touch_forever = self._writes(
-            t, write, now, "'infinity'::timestamptz", "_forever"
+        dead = f"(s.expires_on + interval '0 s' <= {now} OR s.created_on + %(cap)s::interval <= {now})"
+
+        # Also returns an expired or ended row: PGStore.lookup tells them apart.
+        self.load = self._statement(
+            "load",
+            limit,
+            f"SELECT data, created_on, modified_on, expires_on, {now}, xmin FROM {t} WHERE key = %(key)s",
+        )
+        # Insert or replace, one statement whether the row exists or not. A
+        # row that had expired starts over with a new created_on.
+        self.save = self._family(
+            "save",
+            lambda expires: (
+                f"INSERT INTO {t} AS s ({columns}) VALUES (%(key)s, %(data)s, {fresh}, {expires})"
+                " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, userid = EXCLUDED.userid,"
+                " ip = EXCLUDED.ip, user_agent = EXCLUDED.user_agent, modified_on = EXCLUDED.modified_on,"
+                " last_seen = EXCLUDED.last_seen, expires_on = EXCLUDED.expires_on,"
+                " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
+                " THEN s.created_on ELSE EXCLUDED.created_on END"
+            ),
+        )
+
+        # Only a live row is written: a session another request ended (a
+        # logout) or that expired meanwhile stays gone.
+        def replace(set_expiry: str) -> str:
+            return (
+                f"UPDATE {t} SET data = %(data)s, userid = %(userid)s, ip = %(ip)s, user_agent = %(ua)s,"
+                f" modified_on = {now}, last_seen = {now}{set_expiry}"
+                f" WHERE key = %(key)s AND {live} AND {unchanged}"
+            )
+
+        self.replace = self._family("replace", lambda expires: replace(f", expires_on = {expires}"))
+        # The same, the expiry left as it is (refreshed at most every
+        # reissue_time, as for reads): with no indexed column changed, the new
+        # row version is a HOT update, written beside the old one with no
+        # index entry: 10 % cheaper, and the table and its indexes stop
+        # bloating (bench/README.rst, "Hot path").
+        self.replace_data = self._statement("replace_data", write, replace(""))
+        self.touch = self._family(
+            "touch",
+            lambda expires: (
+                f"UPDATE {t} SET expires_on = {expires}, last_seen = {now}, ip = %(ip)s,"
+                f" user_agent = %(ua)s WHERE key = %(key)s AND {live}"
+            ),
+        )
+        # A new id for a live session, in one statement: the old row is ended
+        # (only if unchanged since read) and the new one holds the data.
+        self.renew = self._family(
+            "renew",
+            lambda expires: (
+                f"WITH old AS (UPDATE {t} SET {ended}"
+                f" WHERE key = %(key)s AND {live} AND {unchanged} RETURNING 1)"
+                f" INSERT INTO {t} ({columns}) SELECT %(new_key)s, %(data)s, {fresh}, {expires} FROM old"
+                " RETURNING xmin"
+            ),
+        )
+        # A new session for a browser whose cookie named a dead one: made only
+        # if no other request did so first from the same dead cookie (which
+        # then becomes an ended row), so two such requests never both set a
+        # cookie. A dead row is an expired one, or past %(cap)s (max_lifetime).
+        self.succeed = self._family(
+            "succeed",
+            lambda expires: (
+                f"WITH dead AS (INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
+                f" VALUES (%(old_key)s, '', {now}, {now}, {now}) ON CONFLICT (key) DO UPDATE SET {ended}"
+                f" WHERE {dead} AND NOT ({_just_ended(now, 's.')}) RETURNING 1)"
+                f" INSERT INTO {t} ({columns}) SELECT %(key)s, %(data)s, {fresh}, {expires} FROM dead"
+            ),
+        )
+        self.end = self._statement(
+            "end", write, f"UPDATE {t} SET {ended} WHERE key = %(key)s AND data <> '' AND {unchanged}"
         )
         self.delete = self._statement("delete", write, f"DELETE FROM {t} WHERE key = %(key)s")
+        # A user's sessions: the partial index on userid (rows that have one).
+        seen = "coalesce(last_seen, modified_on)"  # rows from before last_seen existed have none
+        self.sessions_of = (
+            f"{limit}SELECT key, userid, created_on, {seen}, expires_on, ip, user_agent FROM {t}"
+            f" WHERE userid = %(userid)s AND {live} ORDER BY {seen} DESC, created_on DESC"
+        )
+        self.delete_sessions_of = (
+            f"{write}DELETE FROM {t} WHERE userid = %(userid)s AND {live} AND key <> %(keep)s"
+        )
+        self.delete_session_of = (
+            f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live}"
+        )
         self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
@@ -145,38 +238,21 @@ class Statements:
         # Bounded batches: each is its own short transaction, and SKIP LOCKED
         # never waits for a row a live request is writing. Rows are found by
         # ctid, locked by this same statement so they cannot move under it:
-        # five times faster than joining on key (bench/cleanup.py).
+        # five times faster than joining on key (bench/cleanup.py). Sessions
+        # ended less than ENDED_GRACE ago are kept (see above).
         self.delete_expired_batch = (
             f"{limit}DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t}"
-            f" WHERE expires_on <= {now} LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
+            f" WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
 
     def _statement(self, kind: str, prefix: str, body: str) -> Statement:
         """A per-request statement: text, or prepared (see _prepared)."""
         return Prepared(kind, prefix, body, self._limit) if self._prepare else prefix + body
 
-    def _writes(
-        self, t: str, write: str, now: str, expires: str, suffix: str
-    ) -> tuple[Statement, Statement, Statement]:
-        """The save, replace and touch statements, for one expiry expression."""
-        live = f"expires_on + interval '0 s' > {now}"
-        # One statement whether the row exists or not. A row that had expired
-        # (not yet cleaned up) starts over with a new created_on.
-        save = (
-            f"INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
-            f" VALUES (%(key)s, %(data)s, {now}, {now}, {expires})"
-            " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data,"
-            " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on,"
-            " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
-            " THEN s.created_on ELSE EXCLUDED.created_on END"
-        )
-        replace = (
-            f"UPDATE {t} SET data = %(data)s, modified_on = {now}, expires_on = {expires}"
-            f" WHERE key = %(key)s AND {live}"
-        )
-        touch = f"UPDATE {t} SET expires_on = {expires} WHERE key = %(key)s AND {live}"
+    def _family(self, kind: str, build: Callable[[str], str]) -> tuple[Statement, Statement]:
+        """A write, with a lifetime (``%(ttl)s``, interval text) and forever."""
         return (
-            self._statement("save" + suffix, write, save),
-            self._statement("replace" + suffix, write, replace),
-            self._statement("touch" + suffix, write, touch),
+            self._statement(kind, self._write, build(f"{self._now} + %(ttl)s::interval")),
+            self._statement(kind + "_forever", self._write, build("'infinity'::timestamptz")),
         )

@@ -2,70 +2,32 @@
 
 Every public method is one SQL statement, so one round trip, unless its
 docstring says otherwise (with ``prepare_statements``, the first use of a
-statement on a connection adds its ``PREPARE``). Statements run in autocommit
-mode on a pooled connection; a connection found broken is replaced and the
-statement, which is always idempotent here, is retried once. The SQL itself
-is in :mod:`pyramid_pgstore.sql`.
+statement on a connection adds its ``PREPARE``). The SQL is in
+:mod:`pyramid_pgstore.sql`, the table's layout in :mod:`pyramid_pgstore.schema`,
+and how a statement is run (autocommit, retried once on a broken connection)
+in :mod:`pyramid_pgstore.executor`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-import psycopg2
-import psycopg2.errors
-from psycopg2.extensions import cursor as Cursor
 from psycopg2.pool import AbstractConnectionPool
 
-from . import testing
-from ._prepared import PreparedStatements
+from . import schema, testing
 from .cleanup import DEFAULT_BATCH_SIZE, Cleaner, CleanupHandle, run_cleanup
 from .dsn import connect_kwargs
-from .errors import StoreUnavailable
+from .executor import Executor, nothing, one, rowcount, rows, scalar
 from .options import StoreOptions
 from .pool import BorrowedPool, Checkout, OwnedPool
+from .records import Lookup, SessionInfo, SessionRecord, storage_key
 from .serializer import JSONSerializer, Serializer, deserialize, serialize
-from .sql import Statement, Statements, interval
+from .sql import ENDED_GRACE_SECONDS, Statement, Statements, interval
 
 log = logging.getLogger("pyramid_pgstore")
-
-T = TypeVar("T")
-
-_LOCK_POLL = 0.5  # seconds between tries when waiting for another cleaner
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """One stored session, as :meth:`PGStore.load` returns it (Go's PGSession).
-
-    ``key`` is the stored key: the SHA-256 of the session id, never the id.
-    ``loaded_at`` is the database's time when the row was read, so that
-    ``expires_on - loaded_at`` is the time the session has left.
-    """
-
-    key: str
-    data: dict[str, Any]
-    created_on: datetime
-    modified_on: datetime
-    expires_on: datetime
-    loaded_at: datetime
-    payload: str = field(repr=False, compare=False, default="")
-
-
-def storage_key(session_id: str) -> str:
-    """The key a session id is stored under: its SHA-256, in hex.
-
-    A copy of the table (a backup, a leak) therefore holds no usable cookie.
-    """
-    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
 class PGStore:
@@ -83,6 +45,11 @@ class PGStore:
         ``max_length``, ``serializer``, ``cleanup_interval``) set or override
         them. Each is checked; a bad one raises
         :class:`~pyramid_pgstore.options.OptionError` (a ValueError) naming it.
+
+    With ``create_table`` (the default) the table is created, or upgraded
+    from an older release's layout, before the constructor returns;
+    without, the first statement checks it and raises
+    :class:`~pyramid_pgstore.SchemaOutdated` if it needs upgrading.
     """
 
     dsn: str | None
@@ -130,17 +97,17 @@ class PGStore:
             prepare=options.prepare_statements,
         )
         self._shifted: Statements | None = None  # built when a test first moves the clock
-        self._prepared = PreparedStatements()
         self._checkout = checkout
-        self._queries = 0
+        self._executor = Executor(checkout, options.table)
         self._cleanups: list[CleanupHandle] = []
+        self._table_checked = False
         testing.track_store(self)
         if options.create_table:
-            self._create_table()
+            self.prepare_table()
         if options.cleanup_interval:
             self.cleanup(options.cleanup_interval)
 
-    # -- statements ---------------------------------------------------------
+    # -- statements and the table ---------------------------------------------
 
     @property
     def _sql(self) -> Statements:
@@ -154,112 +121,187 @@ class PGStore:
             )
         return self._shifted
 
-    def _run(self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
-        """Run one statement and return ``result(cursor)``.
+    def _run(self, sql: Statement, params: dict[str, Any], result: Any) -> Any:
+        if not self._table_checked:
+            self._check_table()
+        return self._executor.run(sql, params, result)
 
-        A connection that breaks under it (server restart, network cut,
-        ``pg_terminate_backend``) is discarded and the statement retried once
-        on a new connection: every statement here is idempotent.
-        """
-        params["offset"] = testing.clock.offset
-        for attempt in (1, 2):
-            conn = self._checkout.getconn()
-            broken = False
-            try:
-                with conn.cursor() as cur:
-                    if type(sql) is str:
-                        self._queries += 1
-                        cur.execute(sql, params)
-                    else:
-                        self._queries += self._prepared.execute(cur, sql, params)
-                    return result(cur)
-            except psycopg2.errors.QueryCanceled as exc:
-                raise StoreUnavailable(f"the database canceled the statement: {exc}".strip()) from exc
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if not conn.closed:  # the statement failed, the connection is fine
-                    raise StoreUnavailable(f"the database refused the statement: {exc}".strip()) from exc
-                broken = True
-                if attempt == 2:
-                    raise StoreUnavailable(f"lost the database connection twice: {exc}".strip()) from exc
-                log.warning("database connection lost (%s); retrying", str(exc).strip())
-            finally:
-                self._checkout.putconn(conn, broken)
-        raise AssertionError("unreachable")
+    def table_state(self) -> schema.TableState:
+        """What is in the database under the table's name (one statement)."""
+        return schema.inspect(self._executor, self._sql.quoted_table)
 
-    def _create_table(self) -> None:
-        # Looking first means an existing table needs no CREATE privilege.
-        params = {"table": self._sql.quoted_table}
-        if not self._run(self._sql.regclass, params, _scalar):
-            self._run(self._sql.create, params, _nothing)
-            log.info("created table %s", self.table)
+    def prepare_table(self) -> list[str]:
+        """Create the table, or upgrade it to this release's layout; return
+        the statements run (see :func:`pyramid_pgstore.schema.prepare`)."""
+        done = schema.prepare(self._executor, self.table, self._sql.quoted_table)
+        self._table_checked = True
+        return done
 
-    # -- rows ---------------------------------------------------------------
+    def _check_table(self) -> None:
+        schema.check(self._executor, self.table, self._sql.quoted_table)
+        self._table_checked = True
+
+    # -- one session ----------------------------------------------------------
 
     def serialize(self, data: Mapping[str, Any]) -> str:
         """Serialize session data, enforcing ``max_length``; no database work.
 
         :raises SessionTooLarge: the result is over ``max_length`` bytes.
-        :raises TypeError: a value cannot be serialized; the message names its key.
+        :raises TypeError: a value cannot be stored as it is; the message names its key.
         """
         return serialize(self.serializer, data, self.max_length)
 
-    def load(self, session_id: str) -> SessionRecord | None:
-        """The live session stored for ``session_id``, or None.
+    def lookup(self, session_id: str) -> Lookup:
+        """The live session stored for ``session_id``, or whether it ended a
+        moment ago (see :class:`~pyramid_pgstore.records.Lookup`).
 
         An expired row is never returned, even before cleanup removes it. A
         row that no longer deserializes is logged and treated as missing (it is
         left in place until it expires).
         """
         key = storage_key(session_id)
-        row = self._run(self._sql.load, {"key": key}, _one)
+        row = self._run(self._sql.load, {"key": key}, one)
         if row is None:
-            return None
-        payload, created_on, modified_on, expires_on, loaded_at = row
+            return Lookup(None)
+        payload, created_on, modified_on, expires_on, loaded_at, version = row
         if expires_on <= loaded_at:  # both from the database's clock
-            return None
+            ended = payload == "" and (loaded_at - modified_on).total_seconds() < ENDED_GRACE_SECONDS
+            return Lookup(None, ended=ended)
         try:
             data = deserialize(self.serializer, payload)
         except ValueError as exc:
             log.warning("stored session %s… does not deserialize (%s)", key[:12], exc)
-            return None
-        return SessionRecord(key, data, created_on, modified_on, expires_on, loaded_at, payload)
+            return Lookup(None, unreadable=True)
+        record = SessionRecord(key, data, created_on, modified_on, expires_on, loaded_at, payload, version)
+        return Lookup(record)
 
-    def save(self, session_id: str, data: Mapping[str, Any], ttl: float | None) -> None:
+    def load(self, session_id: str) -> SessionRecord | None:
+        """The live session stored for ``session_id``, or None."""
+        return self.lookup(session_id).record
+
+    def save(self, session_id: str, data: Mapping[str, Any], ttl: float | None, **row: Any) -> None:
         """Insert or replace the session, live for ``ttl`` seconds (None: forever).
 
+        :param row: ``userid``, ``ip``, ``user_agent`` for the row (None if omitted).
         :raises SessionTooLarge: before any database work; the stored copy is untouched.
         """
-        self.save_serialized(session_id, self.serialize(data), ttl)
+        self.save_serialized(session_id, self.serialize(data), ttl, **row)
 
-    def save_serialized(self, session_id: str, payload: str, ttl: float | None) -> None:
+    def save_serialized(self, session_id: str, payload: str, ttl: float | None, **row: Any) -> None:
         """:meth:`save` for a payload already made by :meth:`serialize`."""
-        sql = self._sql
-        params = {"key": storage_key(session_id), "data": payload, "ttl": interval(ttl)}
-        self._run(sql.save if ttl is not None else sql.save_forever, params, _nothing)
+        self._write(self._sql.save, ttl, {"key": storage_key(session_id), "data": payload}, row, nothing)
 
-    def replace_serialized(self, session_id: str, payload: str, ttl: float | None) -> bool:
-        """Replace the data of a live session; returns False, writing nothing,
-        when it is gone (deleted by another request, or expired).
+    def replace_serialized(
+        self,
+        session_id: str,
+        payload: str,
+        ttl: float | None,
+        *,
+        version: str | None = None,
+        keep_expiry: bool = False,
+        **row: Any,
+    ) -> bool:
+        """Replace the data of a live session; returns False, writing
+        nothing, when it is gone (ended, deleted or expired) or, if
+        ``version`` is given, when it was written since that version was read.
 
         What the session factory uses for a session it loaded, so that a
         request that started before a logout cannot bring the session back.
+        ``keep_expiry`` leaves the expiry as it is (``ttl`` is then unused):
+        a cheaper write, as the row's indexes need no new entry.
         """
-        sql = self._sql
-        params = {"key": storage_key(session_id), "data": payload, "ttl": interval(ttl)}
-        return self._run(sql.replace if ttl is not None else sql.replace_forever, params, _rowcount) > 0
+        params = {"key": storage_key(session_id), "data": payload, "version": version}
+        family = (self._sql.replace_data,) * 2 if keep_expiry else self._sql.replace
+        return self._write(family, ttl, params, row, rowcount) > 0
 
-    def touch(self, session_id: str, ttl: float | None) -> bool:
+    def touch(self, session_id: str, ttl: float | None, **row: Any) -> bool:
         """Move the expiry to ``ttl`` seconds from now; data is untouched.
 
         Returns False when there is no live session to refresh.
         """
-        sql = self._sql
-        params = {"key": storage_key(session_id), "ttl": interval(ttl)}
-        return self._run(sql.touch if ttl is not None else sql.touch_forever, params, _rowcount) > 0
+        return self._write(self._sql.touch, ttl, {"key": storage_key(session_id)}, row, rowcount) > 0
+
+    def renew(
+        self,
+        session_id: str,
+        new_id: str,
+        payload: str,
+        ttl: float | None,
+        *,
+        version: str | None = None,
+        **row: Any,
+    ) -> str | None:
+        """Move a live session to ``new_id`` with ``payload``, in one
+        statement: the old id is dead when it returns. Returns the new row's
+        version, or None (nothing done) if the session is gone or, with
+        ``version``, was written since that version was read.
+
+        ``created_on`` starts again: a new id is a new session, as far as
+        ``max_lifetime`` is concerned.
+        """
+        params = {"key": storage_key(session_id), "new_key": storage_key(new_id), "data": payload}
+        params["version"] = version
+        found = self._write(self._sql.renew, ttl, params, row, one)
+        return None if found is None else found[0]
+
+    def succeed(
+        self,
+        dead_id: str,
+        session_id: str,
+        payload: str,
+        ttl: float | None,
+        *,
+        cap: float | None = None,
+        **row: Any,
+    ) -> bool:
+        """Save a new session for a browser whose cookie named ``dead_id``,
+        a session that expired or is gone (or is over ``cap`` seconds old),
+        and end ``dead_id``'s row. Returns False, saving nothing, when
+        another request already did so from the same ``dead_id``: then only
+        one of them ever sets a cookie.
+        """
+        params = {"old_key": storage_key(dead_id), "key": storage_key(session_id), "data": payload}
+        params["cap"] = interval(cap)
+        return self._write(self._sql.succeed, ttl, params, row, rowcount) > 0
+
+    def end(self, session_id: str, *, version: str | None = None) -> bool:
+        """End the session now (``invalidate()``): its row keeps no data and
+        is never loaded or written again; requests already in flight with its
+        cookie see it as ended. Returns whether there was a session (with
+        ``version``: one not written since that version was read)."""
+        return self._run(self._sql.end, {"key": storage_key(session_id), "version": version}, rowcount) > 0
 
     def delete(self, session_id: str) -> bool:
-        """Delete the session; returns whether a row was there."""
-        return self._run(self._sql.delete, {"key": storage_key(session_id)}, _rowcount) > 0
+        """Delete the session's row; returns whether a row was there."""
+        return self._run(self._sql.delete, {"key": storage_key(session_id)}, rowcount) > 0
+
+    def _write(
+        self, family: tuple[Statement, ...], ttl: float | None, params: dict, row: Any, result: Any
+    ) -> Any:
+        unknown = set(row) - {"userid", "ip", "user_agent"}
+        if unknown:
+            raise TypeError(f"unknown row fields: {', '.join(sorted(unknown))}")
+        params.update(userid=row.get("userid"), ip=row.get("ip"), ua=row.get("user_agent"), ttl=interval(ttl))
+        return self._run(family[0] if ttl is not None else family[1], params, result)
+
+    # -- a user's sessions ----------------------------------------------------
+
+    def sessions_of(self, userid: Any) -> list[SessionInfo]:
+        """The live sessions whose owner is ``userid`` (compared as text),
+        most recently active first: one index scan."""
+        found = self._run(self._sql.sessions_of, {"userid": str(userid)}, rows)
+        return [SessionInfo(*row) for row in found]
+
+    def delete_sessions_of(self, userid: Any, keep: str | None = None) -> int:
+        """End every live session of ``userid`` but the one whose session id
+        is ``keep``; return how many ended. One statement."""
+        keep_key = storage_key(keep) if keep else ""
+        return self._run(self._sql.delete_sessions_of, {"userid": str(userid), "keep": keep_key}, rowcount)
+
+    def delete_session_of(self, userid: Any, handle: str) -> bool:
+        """End the live session ``handle`` (:attr:`SessionInfo.handle`) if
+        it is ``userid``'s; False, doing nothing, if it is not."""
+        return self._run(self._sql.delete_session_of, {"userid": str(userid), "key": handle}, rowcount) > 0
 
     # -- expired rows -------------------------------------------------------
 
@@ -281,11 +323,11 @@ class PGStore:
     def delete_expired_batch(self, limit: int) -> int:
         """Delete up to ``limit`` expired rows in one short transaction,
         skipping rows a request is writing; return how many went."""
-        return self._run(self._sql.delete_expired_batch, {"limit": limit}, _rowcount)
+        return self._run(self._sql.delete_expired_batch, {"limit": limit}, rowcount)
 
-    @contextmanager
-    def cleanup_lock(self, wait: bool = False, stop: threading.Event | None = None) -> Iterator[bool]:
-        """Hold the table's cleanup lock for the block; yield whether it was taken.
+    def cleanup_lock(self, wait: bool = False, stop: threading.Event | None = None) -> Any:
+        """Hold the table's cleanup lock for a ``with`` block, which gets
+        whether it was taken.
 
         One cleaner per table at a time, across processes: a transaction-level
         advisory lock in a transaction held open on a connection of its own
@@ -295,33 +337,17 @@ class PGStore:
             of yielding False at once.
         """
         sql = self._sql
-        with self._checkout.dedicated() as conn:
-            conn.autocommit = False
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(sql.cleanup_lock_setup)
-                    while True:
-                        cur.execute(sql.try_cleanup_lock, {"table": sql.quoted_table})
-                        (locked,) = cur.fetchone()
-                        if locked or not wait or (stop is not None and stop.is_set()):
-                            break
-                        if stop is not None:
-                            stop.wait(_LOCK_POLL)
-                        else:
-                            time.sleep(_LOCK_POLL)
-                yield locked
-            finally:
-                conn.rollback()  # ends the transaction: releases the lock
-                conn.autocommit = True
+        lock = (sql.cleanup_lock_setup, sql.try_cleanup_lock, {"table": sql.quoted_table})
+        return self._executor.hold_lock(*lock, wait=wait, stop=stop)
 
     def count_expired(self) -> int:
         """How many expired rows are waiting for cleanup (a full count)."""
-        return self._run(self._sql.count_expired, {}, _scalar)
+        return self._run(self._sql.count_expired, {}, scalar)
 
     def table_stats(self) -> dict[str, int]:
         """Live and expired row counts, table and index sizes in bytes."""
         live, expired, table_bytes, index_bytes = self._run(
-            self._sql.table_stats, {"table": self._sql.quoted_table}, _one
+            self._sql.table_stats, {"table": self._sql.quoted_table}, one
         )
         return {"live": live, "expired": expired, "table_bytes": table_bytes, "index_bytes": index_bytes}
 
@@ -353,7 +379,7 @@ class PGStore:
         wait, waits that timed out, broken connections discarded."""
         checkout = self._checkout
         return {
-            "queries": self._queries,
+            "queries": self._executor.queries,
             "connections_opened": checkout.opened,
             "waits": checkout.waits,
             "timeouts": checkout.timeouts,
@@ -371,19 +397,3 @@ class PGStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _one(cur: Cursor) -> tuple[Any, ...] | None:
-    return cur.fetchone()
-
-
-def _scalar(cur: Cursor) -> Any:
-    return cur.fetchone()[0]
-
-
-def _rowcount(cur: Cursor) -> int:
-    return cur.rowcount
-
-
-def _nothing(cur: Cursor) -> None:
-    return None

@@ -4,23 +4,20 @@ The restart test uses a PostgreSQL of its own (``fault_server``), so the
 server the other tests share is never taken down.
 """
 
-import http.cookiejar
 import json
 import os
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import psycopg2
 import pytest
-import waitress
 import webtest
 from pyramid.config import Configurator
 from pyramid.response import Response
 from pyramid.view import exception_view_config
 from pytest_postgresql import factories
+from served import Client, Served
 
 from pyramid_pgstore import PGStore, StoreUnavailable, get_store
 from pyramid_pgstore.localdb import launcher_path
@@ -78,46 +75,6 @@ def make_app(settings):
         config.add_view(read, route_name="read", renderer="json")
         config.scan(__name__)
     return config.make_wsgi_app()
-
-
-class Served:
-    """A WSGI app behind a real waitress server on loopback, in a thread."""
-
-    def __init__(self, app, threads=8):
-        self.server = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads)
-        self.url = f"http://127.0.0.1:{self.server.effective_port}"
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        try:
-            self.server.run()
-        except OSError:  # close() from the test thread ends the select loop this way
-            pass
-
-    def close(self):
-        self.server.close()
-
-
-class Client:
-    """One browser: its own cookie jar; records each response's status and time."""
-
-    def __init__(self, url):
-        self.url = url
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-        )
-        self.log = []  # (started, seconds, status, n or None)
-
-    def get(self, path):
-        started = time.monotonic()
-        try:
-            with self.opener.open(self.url + path, timeout=30) as response:
-                status, n = response.status, json.loads(response.read())["n"]
-        except urllib.error.HTTPError as error:
-            status, n = error.code, None
-        self.log.append((started, time.monotonic() - started, status, n))
-        return status, n
 
 
 def test_a_restart_while_serving_fails_fast_then_recovers_and_loses_nothing(fault_server):

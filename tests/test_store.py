@@ -9,7 +9,7 @@ import pytest
 from db import sql
 from psycopg2.extensions import make_dsn
 
-from pyramid_pgstore import PGStore, PGStoreError, SessionTooLarge, StoreUnavailable
+from pyramid_pgstore import PGStore, PGStoreError, SchemaOutdated, SessionTooLarge, StoreUnavailable
 from pyramid_pgstore.store import storage_key
 
 
@@ -181,8 +181,11 @@ def test_max_length_zero_is_unlimited(pgstore_dsn):
 
 def test_max_length_counts_utf8_bytes(pgstore_dsn):
     with PGStore(pgstore_dsn, max_length=30) as store:
-        with pytest.raises(SessionTooLarge):
-            store.save("id-1", {"k": "é" * 8}, 60)  # ASCII-escaped: 6 bytes a character
+        store.save("id-1", {"k": "é" * 11}, 60)  # {"k":"..."}: 8 bytes + 2 a character = 30
+        with pytest.raises(SessionTooLarge) as info:
+            store.save("id-1", {"k": "é" * 12}, 60)
+        assert info.value.size == 32
+        assert store.load("id-1").data == {"k": "é" * 11}
 
 
 def test_an_unserializable_value_names_its_key_and_writes_nothing(pgstore_store):
@@ -216,6 +219,10 @@ def test_the_schema_matches_the_contract(pgstore_store, pgstore_dsn):
         ("created_on", "timestamp with time zone", "NO"),
         ("modified_on", "timestamp with time zone", "NO"),
         ("expires_on", "timestamp with time zone", "NO"),
+        ("userid", "text", "YES"),
+        ("ip", "text", "YES"),
+        ("user_agent", "text", "YES"),
+        ("last_seen", "timestamp with time zone", "YES"),
     ]
     primary_key = sql(
         pgstore_dsn,
@@ -225,6 +232,9 @@ def test_the_schema_matches_the_contract(pgstore_store, pgstore_dsn):
     assert primary_key == [("PRIMARY KEY (key)",)]
     indexes = sql(pgstore_dsn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'http_sessions'")
     assert any(d.endswith("(expires_on)") for (d,) in indexes)
+    assert any(d.endswith("(userid) WHERE (userid IS NOT NULL)") for (d,) in indexes)
+    comment = sql(pgstore_dsn, "SELECT obj_description('http_sessions'::regclass, 'pg_class')")
+    assert comment == [("pyramid_pgstore schema 2",)]
 
 
 def test_a_schema_qualified_table(pgstore_dsn):
@@ -247,7 +257,7 @@ def test_a_hostile_or_invalid_table_name_is_refused(pgstore_store, pgstore_dsn, 
 
 def test_create_table_false_does_not_create(pgstore_dsn):
     with PGStore(pgstore_dsn, table="not_created", create_table=False) as store:
-        with pytest.raises(psycopg2.errors.UndefinedTable):
+        with pytest.raises(SchemaOutdated, match=r'relation "not_created" does not exist.*pgstore-schema'):
             store.load("id-1")
     assert sql(pgstore_dsn, "SELECT to_regclass('not_created')") == [(None,)]
 

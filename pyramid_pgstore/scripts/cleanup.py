@@ -12,22 +12,14 @@ import random
 import signal
 import sys
 import threading
-import time
-from pathlib import Path
 from typing import TextIO
 
 import psycopg2
-from pyramid.exceptions import ConfigurationError
-from pyramid.paster import get_appsettings, setup_logging
-from pyramid.scripts.common import parse_vars
 
 from pyramid_pgstore.cleanup import DEFAULT_BATCH_SIZE, DEFAULT_REST, Cleaner, CleanupResult
 from pyramid_pgstore.errors import PGStoreError
-from pyramid_pgstore.settings import configuration_errors, parse_settings
-from pyramid_pgstore.store import PGStore
 
-USAGE_ERROR = 2
-DATABASE_ERROR = 1
+from .common import DATABASE_ERROR, USAGE_ERROR, ScriptError, add_config_arguments, fail, load_store, say
 
 DESCRIPTION = """\
 Delete expired sessions from the pyramid_pgstore table named by the
@@ -51,10 +43,6 @@ examples:
 """
 
 
-class ScriptError(Exception):
-    """A user error: printed as one line, exit status 2, no traceback."""
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgstore-cleanup",
@@ -62,14 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config_uri", help="the app's ini file, e.g. production.ini or production.ini#main")
-    parser.add_argument(
-        "config_vars",
-        nargs="*",
-        metavar="name=value",
-        help="a variable for %%(name)s in the ini file, as in Pyramid's scripts; "
-        "a pgstore.* name overrides that setting",
-    )
+    add_config_arguments(parser)
     parser.add_argument(
         "--interval",
         type=_positive(float),
@@ -111,31 +92,6 @@ def _positive(kind: type) -> object:
     return parse
 
 
-def _load_store(config_uri: str, config_vars: list[str]) -> PGStore:
-    path = config_uri.split("#", 1)[0]
-    if not Path(path).is_file():
-        raise ScriptError(f"no such config file: {path}")
-    try:
-        options = parse_vars(config_vars)
-    except ValueError as exc:
-        raise ScriptError(str(exc)) from None
-    try:
-        setup_logging(config_uri, global_conf=options)
-        settings = {**get_appsettings(config_uri, options=options)}
-    except Exception as exc:  # plaster and configparser raise many kinds for one cause
-        raise ScriptError(f"cannot read {config_uri}: {exc}") from None
-    settings.update((name, value) for name, value in options.items() if name.startswith("pgstore."))
-    try:
-        parsed = parse_settings(settings, need_secret=False)
-        # Two connections at most (the lock's and the batches'); no table
-        # creation and no cleanup thread of its own.
-        options = parsed.store.replace(pool_min=0, pool_max=2, create_table=False, cleanup_interval=0)
-        with configuration_errors(settings):
-            return PGStore(parsed.dsn, options=options)
-    except ConfigurationError as exc:
-        raise ScriptError(f"{config_uri}: {exc}") from None
-
-
 class _Progress:
     """On a terminal, one line rewritten after each batch; elsewhere nothing
     (the pass's summary line is printed either way)."""
@@ -167,7 +123,7 @@ def _report(result: CleanupResult, table: str) -> str:
 
 
 def _say(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pgstore-cleanup: {message}", flush=True)
+    say("pgstore-cleanup", message)
 
 
 def _run_pass(cleaner: Cleaner, args: argparse.Namespace, stop: threading.Event | None) -> None:
@@ -198,12 +154,12 @@ def _run_forever(cleaner: Cleaner, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv[1:])
     try:
-        store = _load_store(args.config_uri, args.config_vars)
+        store = load_store(args.config_uri, args.config_vars)
     except ScriptError as exc:
-        print(f"pgstore-cleanup: {exc}", file=sys.stderr)
+        fail("pgstore-cleanup", str(exc))
         return USAGE_ERROR
     if args.rest < 0:
-        print("pgstore-cleanup: --rest must be 0 or more", file=sys.stderr)
+        fail("pgstore-cleanup", "--rest must be 0 or more")
         return USAGE_ERROR
     cleaner = Cleaner(store, args.batch_size, args.rest)
     try:
@@ -220,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not args.stats:
             _run_pass(cleaner, args, None)
     except (PGStoreError, psycopg2.Error) as exc:
-        print(f"pgstore-cleanup: database error: {str(exc).strip()}", file=sys.stderr)
+        fail("pgstore-cleanup", f"database error: {str(exc).strip()}")
         return DATABASE_ERROR
     finally:
         store.close()

@@ -1,0 +1,108 @@
+"""What the store hands back (a loaded session, a session listed for its user),
+and what a row records of its client."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# A storage key: the SHA-256 of a session id, in lowercase hex.
+_STORAGE_KEY = re.compile(r"[0-9a-f]{64}\Z")
+_MAX_IP = 64
+_MAX_USER_AGENT = 512
+
+
+def storage_key(session_id: str) -> str:
+    """The key a session id is stored under: its SHA-256, in hex.
+
+    A copy of the table (a backup, a leak) therefore holds no usable cookie.
+    """
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
+
+
+def is_storage_key(text: Any) -> bool:
+    return isinstance(text, str) and _STORAGE_KEY.match(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One stored session, as :meth:`PGStore.load` returns it (Go's PGSession).
+
+    ``key`` is the stored key: the SHA-256 of the session id, never the id.
+    ``loaded_at`` is the database's time when the row was read, so that
+    ``expires_on - loaded_at`` is the time the session has left.
+    ``version`` identifies this version of the row: a write made with it
+    succeeds only if nobody wrote the row since.
+    """
+
+    key: str
+    data: dict[str, Any]
+    created_on: datetime
+    modified_on: datetime
+    expires_on: datetime
+    loaded_at: datetime
+    payload: str = field(repr=False, compare=False, default="")
+    version: str | None = field(repr=False, compare=False, default=None)
+
+    @property
+    def age(self) -> float:
+        """Seconds since the session was created, by the database's clock."""
+        return (self.loaded_at - self.created_on).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the store holds for a session id: the live session, or why not.
+
+    ``ended``: the session was ended a moment ago (logged out, or given a new
+    id) by another request: this request started with a cookie that the
+    browser may already have replaced, so it must leave the cookie alone.
+    ``unreadable``: the row is there but no longer deserializes (it is left
+    alone, for someone to look at).
+    """
+
+    record: SessionRecord | None
+    ended: bool = False
+    unreadable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One live session of a user, for a "your devices" page.
+
+    ``handle`` identifies the session to :func:`pyramid_pgstore.revoke_session`
+    and :meth:`PGStore.delete_sessions_of`; it is the stored key (a hash of
+    the id), so it can be shown to the user but never used as a cookie.
+    ``ip`` and ``user_agent`` are what the client sent when the row was last
+    written (None when not tracked). ``last_seen`` moves at each write and
+    expiry refresh, so it is exact to within ``reissue_time``. ``current``
+    is True for the session of the request that asked.
+    """
+
+    handle: str
+    userid: str
+    created_on: datetime
+    last_seen: datetime
+    expires_on: datetime
+    ip: str | None
+    user_agent: str | None
+    current: bool = False
+
+
+def client_fields(request: Any) -> dict[str, str | None]:
+    """The ``ip`` and ``user_agent`` a row records for ``request`` (None:
+    not tracked): ``request.client_addr`` and the User-Agent header, bounded
+    and without NUL (which a ``text`` column cannot hold)."""
+    if request is None:
+        return {"ip": None, "user_agent": None}
+    return {
+        "ip": _text(request.client_addr, _MAX_IP),
+        "user_agent": _text(request.user_agent, _MAX_USER_AGENT),
+    }
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return None if value is None else str(value).replace("\x00", "")[:limit]
