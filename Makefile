@@ -9,17 +9,19 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python setup.py
+$(STAMP): $(BIN)/python setup.py pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[testing]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy pyramid_pgstore pytest_pgstore
 
 test: $(STAMP) lint
 	.ci/need-postgres pgbouncer
+	.ci/need-browser
 	$(BIN)/pytest -n 2
 
 # make bench: the session backends side by side (bench/README.rst); about 12

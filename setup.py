@@ -11,16 +11,31 @@ requires = [
     "webob>=1.8",
     # The binary wheel: installs with no compiler and no libpq headers (see README).
     "psycopg2-binary>=2.9",
-    # For the pytest plugin that ships with the package (pytest_pgstore).
-    "pytest-postgresql>=10",
 ]
 
+# pgstore.engine, PGStore.from_engine, the Alembic table (pyramid_pgstore.sqla)
+# and pgstore.transaction = shared (pyramid_pgstore.tm) with the app's stack.
+sqlalchemy_extras = [
+    "SQLAlchemy>=2.0",
+    "zope.sqlalchemy>=3.0",
+    "pyramid_tm>=2.5",
+    "transaction>=4.0",
+]
+
+# What the pytest plugin (pytest_pgstore) and the README's example test use.
 testing_extras = [
     "pytest>=8",
-    "pytest-xdist>=3",
     "WebTest>=3",
+]
+
+# This repository's own test suite and lint (make test).
+dev_extras = [
+    *testing_extras,
+    *sqlalchemy_extras,
+    "pytest-xdist>=3",
     "waitress>=3",
     "ruff",
+    "mypy",  # py.typed promises types: make lint checks them
 ]
 
 setup(
@@ -36,18 +51,22 @@ setup(
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",
-        "Programming Language :: Python :: 3.14",
         "Topic :: Database",
         "Topic :: Internet :: WWW/HTTP :: Session",
+        "Typing :: Typed",
     ],
     keywords="pyramid session postgresql pytest",
     license="MIT",
-    packages=find_packages(exclude=["tests", "tests.*", "bench"]),
+    # The wheel holds the two packages, nothing else (no tests, no bench).
+    packages=find_packages(
+        include=["pyramid_pgstore", "pyramid_pgstore.*", "pytest_pgstore", "pytest_pgstore.*"]
+    ),
+    package_data={"pyramid_pgstore": ["py.typed"], "pytest_pgstore": ["py.typed"]},
     zip_safe=False,
-    # Current pyramid (2.1) supports 3.10+, current pytest-postgresql (10) 3.11+.
+    # Tested on 3.11, 3.12 and 3.13 (.ci/run).
     python_requires=">=3.11",
     install_requires=requires,
-    extras_require={"testing": testing_extras},
+    extras_require={"testing": testing_extras, "sqlalchemy": sqlalchemy_extras, "dev": dev_extras},
     entry_points={
         "paste.app_factory": ["main = pyramid_pgstore.demo:main"],
         "pytest11": ["pgstore = pytest_pgstore.plugin"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyramid.config import Configurator
 from pyramid.registry import Registry
 from pyramid.request import Request
-from pyramid.tweens import EXCVIEW
+from pyramid.tweens import EXCVIEW, INGRESS
 from zope.interface import Interface
 
 from .factory import session_factory
@@ -21,6 +21,10 @@ def includeme(config: Configurator) -> None:
     """Build the store from the ``pgstore.*`` settings, register it and its
     session factory, and start the in-app cleanup if configured.
 
+    With ``pgstore.engine = sqlalchemy.`` the store takes its connections
+    from the app's SQLAlchemy engine for those settings
+    (:func:`pyramid_pgstore.sqla.engine_for`) instead of ``pgstore.dsn``.
+
     The store is reachable with :func:`get_store`. The table is created
     (unless ``pgstore.create_table = false``) before this returns.
     """
@@ -28,11 +32,22 @@ def includeme(config: Configurator) -> None:
     parsed = parse_settings(settings)
     assert parsed.cookie is not None  # parse_settings required the secret
     with configuration_errors(settings):
-        store = PGStore(parsed.dsn, options=parsed.store)
+        if parsed.engine is not None:
+            from .sqla import engine_for  # SQLAlchemy is needed only here
+
+            store = PGStore.from_engine(engine_for(config.registry, parsed.engine), options=parsed.store)
+        else:
+            store = PGStore(parsed.dsn, options=parsed.store)  # type: ignore[arg-type]
         factory = session_factory(store, parsed.cookie, parsed.session)
     config.registry.registerUtility(store, IPGStore)
     config.set_session_factory(factory)
-    config.add_tween("pyramid_pgstore.session.session_tween_factory", over=EXCVIEW)
+    # Inside pyramid_tm's tween when there is one, so that the session is
+    # finished while the request's transaction is still open.
+    config.add_tween(
+        "pyramid_pgstore.session.session_tween_factory",
+        over=EXCVIEW,
+        under=("pyramid_tm.tm_tween_factory", INGRESS),
+    )
 
 
 def get_store(registry_or_request: Registry | Request) -> PGStore:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import psycopg2
 from psycopg2.extensions import parse_dsn
@@ -41,6 +41,22 @@ def connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
     }
     kwargs.update((name, value) for name, value in defaults.items() if name not in given)
     return kwargs
+
+
+def as_url(dsn: str, scheme: str = "postgresql+psycopg2") -> str:
+    """``dsn`` (either form) as a URL, SQLAlchemy's ``create_engine`` form by
+    default: ``postgresql+psycopg2://user:password@host:port/dbname``; other
+    parameters become the query string."""
+    given = parse_dsn(dsn)
+    user = quote(given.pop("user", ""), safe="")
+    password = given.pop("password", None)
+    userinfo = user + (":" + quote(password, safe="") if password is not None else "")
+    host = given.pop("host", "")
+    port = given.pop("port", None)
+    netloc = (userinfo + "@" if userinfo else "") + host + (f":{port}" if port else "")
+    path = quote(given.pop("dbname", ""), safe="")
+    query = "&".join(f"{quote(key)}={quote(value, safe='')}" for key, value in given.items())
+    return f"{scheme}://{netloc}/{path}" + (f"?{query}" if query else "")
 
 
 # libpq's connection keywords: in ``password=a b c host=x``, the words up to

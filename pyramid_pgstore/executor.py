@@ -60,7 +60,7 @@ class Executor:
             broken = False
             try:
                 with conn.cursor() as cur:
-                    if type(sql) is str:
+                    if isinstance(sql, str):
                         self.queries += 1
                         cur.execute(sql, params)
                     else:
@@ -115,6 +115,39 @@ class Executor:
             finally:
                 conn.rollback()  # ends the transaction: releases the lock
                 conn.autocommit = True
+
+
+class TransactionExecutor:
+    """Runs statements on one connection, inside its owner's transaction
+    (``pgstore.transaction = shared``: the app's SQLAlchemy session's).
+
+    No autocommit and no retry: a broken connection fails the whole
+    transaction, which the app's transaction manager then aborts. Failures
+    are still :class:`~pyramid_pgstore.StoreUnavailable`. ``after`` is
+    called after each statement (to tell zope.sqlalchemy the session wrote).
+    """
+
+    def __init__(self, conn: Any, table: str, after: Callable[[], None] | None = None) -> None:
+        self.conn = conn
+        self.table = table
+        self.after = after
+        self.queries = 0
+
+    def run(self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
+        params["offset"] = testing.clock.offset
+        self.queries += 1
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(sql, params)
+                found = result(cur)
+        except psycopg2.errors.UndefinedColumn as exc:
+            problem = f"table {self.table} lacks a column this release uses ({str(exc).strip()})"
+            raise SchemaOutdated(self.table, problem) from exc
+        except psycopg2.Error as exc:
+            raise _unavailable("the statement failed in the app's transaction", exc) from exc
+        if self.after is not None:
+            self.after()
+        return found
 
 
 def _unavailable(what: str, exc: Exception) -> StoreUnavailable:

@@ -9,6 +9,7 @@ from pyramid.interfaces import ISessionFactory
 from zope.interface import provider
 
 from .cookie import SessionCookie
+from .lifetime import Lifetime
 from .options import CookieOptions, SessionOptions
 from .session import PGStoreSession
 from .store import PGStore
@@ -43,7 +44,6 @@ def session_factory(store: PGStore, cookie: CookieOptions, session: SessionOptio
         "store": store,
         "cookie": SessionCookie(cookie),
         "options": session,
-        "_ttl": session.lifetime(cookie),
-        "_reissue_time": session.refresh_after(cookie),
+        "_lifetime": Lifetime(session.lifetime(cookie), session.refresh_after(cookie), session.max_lifetime),
     }
     return provider(ISessionFactory)(type("PGStoreSession", (PGStoreSession,), attributes))

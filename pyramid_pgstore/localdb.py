@@ -138,6 +138,7 @@ class LocalPostgres:
 
     host = "127.0.0.1"
     user = "postgres"
+    password = None  # every local connection is trusted
 
     def __init__(
         self,
@@ -242,6 +243,19 @@ class LocalPostgres:
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host={self.host} port={self.port} user={self.user} dbname={dbname}"
+
+    @property
+    def admin_dsn(self) -> str:
+        """The DSN of the ``postgres`` database, for CREATE and DROP DATABASE."""
+        return self.dsn()
+
+    @property
+    def datadir(self) -> str:
+        return str(self.data)
+
+    @property
+    def unixsocketdir(self) -> str:
+        return str(self.base)
 
     def create_database(self, name: str, exist_ok: bool = False) -> str:
         """Create database ``name`` and return its DSN."""

@@ -145,6 +145,25 @@ def samesite_value(value: Any) -> str | None:
         raise ValueError("must be Strict, Lax or None") from None
 
 
+def choice(*allowed: str) -> Callable[[Any], str]:
+    """A converter to one of ``allowed`` (any case)."""
+
+    def convert(value: Any) -> str:
+        spelled = str(value).strip().lower()
+        if spelled not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return spelled
+
+    return convert
+
+
+def identifier(value: Any) -> str:
+    name = required_text(value)
+    if not name.isidentifier():
+        raise ValueError("must be a Python identifier (a request attribute's name)")
+    return name
+
+
 def table_name(value: Any) -> str:
     name = text(value)
     check_table_name(name)
@@ -297,6 +316,12 @@ class SessionOptions(_Options):
         the row when it is written.
     :param max_lifetime: seconds from the session's creation after which it
         ends however active it is (an absolute timeout); None: no limit.
+    :param transaction: under pyramid_tm, ``"auto"`` writes the session only
+        if the request's transaction commits, ``"shared"`` writes it in the
+        app's SQLAlchemy session's database transaction, ``"none"`` ignores
+        the transaction (see :mod:`pyramid_pgstore.tm`).
+    :param dbsession: with ``"shared"``, the request attribute holding the
+        app's SQLAlchemy session.
     """
 
     timeout: float | None = option(1200, optional(number(float, 1, MAX_SECONDS)))
@@ -306,6 +331,8 @@ class SessionOptions(_Options):
     renew_on_login: bool = option(True, boolean)
     track_client: bool = option(True, boolean)
     max_lifetime: float | None = option(None, optional(number(float, 1, MAX_SECONDS)))
+    transaction: str = option("auto", choice("auto", "shared", "none"))
+    dbsession: str = option("dbsession", identifier)
 
     def lifetime(self, cookie: CookieOptions) -> float | None:
         """Seconds a stored session lives without use: the timeout, else the

@@ -181,9 +181,7 @@ class Checkout:
                 if pool.closed:
                     raise PGStoreError("the connection pool is closed") from None
             except psycopg2.OperationalError as exc:
-                raise StoreUnavailable(
-                    redact(f"cannot connect to PostgreSQL: {exc}".strip(), self._dsn)
-                ) from exc
+                raise self._cannot_connect(exc) from exc
             else:
                 self._lend(conn)
                 return conn

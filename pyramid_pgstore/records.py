@@ -4,6 +4,7 @@ and what a row records of its client."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,37 @@ def storage_key(session_id: str) -> str:
 
 def is_storage_key(text: Any) -> bool:
     return isinstance(text, str) and _STORAGE_KEY.match(text) is not None
+
+
+# A user id a text column cannot hold as it is (NUL, a lone surrogate) is
+# stored JSON-escaped behind this mark; so is one that starts with the mark,
+# so that no two user ids are ever stored alike.
+_ESCAPED = "\x01"
+
+
+def userid_column(userid: Any) -> str | None:
+    """What the ``userid`` column holds for ``userid`` (compared as text)."""
+    if userid is None:
+        return None
+    text = str(userid)
+    if "\x00" in text or text.startswith(_ESCAPED) or not _encodable(text):
+        return _ESCAPED + json.dumps(text)[1:-1]
+    return text
+
+
+def userid_from_column(column: str | None) -> str | None:
+    """The user id that :func:`userid_column` stored as ``column``."""
+    if column is not None and column.startswith(_ESCAPED):
+        return json.loads(f'"{column[len(_ESCAPED) :]}"')
+    return column
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +106,7 @@ class SessionInfo:
     """One live session of a user, for a "your devices" page.
 
     ``handle`` identifies the session to :func:`pyramid_pgstore.revoke_session`
-    and :meth:`PGStore.delete_sessions_of`; it is the stored key (a hash of
+    and :meth:`PGStore.delete_session_of`; it is the stored key (a hash of
     the id), so it can be shown to the user but never used as a cookie.
     ``ip`` and ``user_agent`` are what the client sent when the row was last
     written (None when not tracked). ``last_seen`` moves at each write and

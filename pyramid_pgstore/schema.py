@@ -11,7 +11,8 @@ version  layout
 1        ``key``, ``data``, ``created_on``, ``modified_on``,
          ``expires_on``; an index on ``expires_on`` (no comment)
 2        adds ``userid``, ``ip``, ``user_agent``, ``last_seen``, and a
-         partial index on ``userid`` (only rows that have one)
+         partial hash index on ``userid`` (only rows that have one; a hash
+         index has no size limit on the value, unlike a B-tree's 2,704 bytes)
 =======  ================================================================
 """
 
@@ -64,7 +65,7 @@ class TableState:
         return None
 
 
-def _names(table: str) -> tuple[str, str, str]:
+def names(table: str) -> tuple[str, str, str]:
     """The quoted table and the quoted names of its two indexes."""
     quoted, expires_index = quoted_table(table)
     short = table.split(".")[-1][:50]
@@ -73,7 +74,7 @@ def _names(table: str) -> tuple[str, str, str]:
 
 def create_sql(table: str) -> list[str]:
     """The statements that create the table at the current version."""
-    t, expires_index, userid_index = _names(table)
+    t, expires_index, userid_index = names(table)
     return [
         f"CREATE TABLE IF NOT EXISTS {t} ("
         " key text PRIMARY KEY,"
@@ -86,7 +87,7 @@ def create_sql(table: str) -> list[str]:
         " user_agent text,"
         " last_seen timestamptz)",
         f"CREATE INDEX IF NOT EXISTS {expires_index} ON {t} (expires_on)",
-        f"CREATE INDEX IF NOT EXISTS {userid_index} ON {t} (userid) WHERE userid IS NOT NULL",
+        f"CREATE INDEX IF NOT EXISTS {userid_index} ON {t} USING hash (userid) WHERE userid IS NOT NULL",
         f"COMMENT ON TABLE {t} IS '{COMMENT}'",
     ]
 
@@ -102,11 +103,11 @@ def upgrade_sql(table: str, version: int) -> list[str]:
         return []
     if version != 1:
         raise ValueError(f"no upgrade from schema version {version} to {VERSION}")
-    t, _, userid_index = _names(table)
+    t, _, userid_index = names(table)
     return [
         f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS userid text, ADD COLUMN IF NOT EXISTS ip text,"
         " ADD COLUMN IF NOT EXISTS user_agent text, ADD COLUMN IF NOT EXISTS last_seen timestamptz",
-        f"CREATE INDEX IF NOT EXISTS {userid_index} ON {t} (userid) WHERE userid IS NOT NULL",
+        f"CREATE INDEX IF NOT EXISTS {userid_index} ON {t} USING hash (userid) WHERE userid IS NOT NULL",
         f"COMMENT ON TABLE {t} IS '{COMMENT}'",
     ]
 
@@ -144,7 +145,7 @@ def locked(statements: list[str]) -> str:
 
 def inspect(executor: Executor, quoted: str) -> TableState:
     """What is in the database under the (quoted) table name: one statement."""
-    exists, comment, columns = executor.run(INSPECT, {"table": quoted}, one)
+    exists, comment, columns = executor.run(INSPECT, {"table": quoted}, one) or (False, None, ())
     return TableState(exists, comment, frozenset(columns or ()))
 
 

@@ -34,8 +34,9 @@ class JSONSerializer:
     Text is kept as UTF-8 rather than ``\\u`` escapes, so ``max_length``
     counts what a value really takes (500 emoji are 2,000 bytes, not 6,000).
     The characters a PostgreSQL ``text`` value cannot hold stay escaped:
-    NUL (``\\u0000``, as JSON always writes it) and lone surrogates, so every
-    Python string round-trips.
+    NUL (``\\u0000``, as JSON always writes it) and lone surrogates, so they
+    round-trip. (A high surrogate followed by a low one is, in JSON, the one
+    character they encode, and comes back as it, as with ``json`` itself.)
     """
 
     def dumps(self, appstruct: Any) -> str:
@@ -107,6 +108,10 @@ def _json_key(key: Any) -> str:
     if key is None:
         return "null"
     if isinstance(key, float):
+        if key != key:
+            return "NaN"
+        if key in (float("inf"), float("-inf")):
+            return "Infinity" if key > 0 else "-Infinity"
         return float.__repr__(key)
     return int.__repr__(key)
 

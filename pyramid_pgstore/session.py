@@ -8,12 +8,10 @@ Cost model, per request:
   no row and sets no cookie;
 * a valid cookie: one SELECT when the session is first accessed;
 * at the end of the request, at most one write: the row is saved if its data
-  changed (with a new id if its user changed), its expiry refreshed if
-  ``reissue_time`` has passed, or it is ended if the app emptied it;
-  ``invalidate()`` ends it at once. A write that finds the row written by
-  another request since it was read merges its own changes into that
-  (:mod:`pyramid_pgstore.merge`) and tries again: two round trips more, only
-  then.
+  changed (with a new id if its user changed), or its expiry refreshed if
+  ``reissue_time`` has passed; ``invalidate()`` ends it at once. A write that
+  finds the row written by another request since it was read merges its own
+  changes into that (:mod:`pyramid_pgstore.merge`) and tries again.
 
 A response changes the cookie only for a session its request owns at the
 end: one it loaded, or one it created. A request whose session turns out to
@@ -40,8 +38,9 @@ from pyramid.request import Request
 from pyramid.response import Response
 from zope.interface import implementer
 
-from . import testing
+from . import testing, tm
 from .cookie import SessionCookie, new_session_id, vary_on_cookie
+from .lifetime import Lifetime
 from .merge import FLASH_PREFIX, write_merging
 from .options import SessionOptions
 from .records import SessionRecord, client_fields, storage_key
@@ -80,8 +79,7 @@ class PGStoreSession(dict):
     store: PGStore
     cookie: SessionCookie
     options: SessionOptions
-    _ttl: float | None  # server-side lifetime; None: no expiry
-    _reissue_time: float | None
+    _lifetime: Lifetime
 
     def __init__(self, request: Request) -> None:
         self.request: Request | None = request
@@ -97,12 +95,20 @@ class PGStoreSession(dict):
         self._delete_cookie = False  # this request ended its own session
         self._finishing = False  # _finish is due when the response is ready
         self._finished = False
+        # Under pyramid_tm (pgstore.transaction): "auto" defers every write to
+        # the commit, "shared" runs it in the app's database transaction.
+        mode = self.options.transaction
+        self._at_commit = mode == "auto" and tm.managed(request)
+        self._ending: str | None = None  # with _at_commit: invalidate() ends it at commit
+        self._renew_asked = False  # with _at_commit: renew() gives a new id at commit
+        if mode == "shared" and tm.managed(request):
+            self.store = tm.shared_store(self.store, request, self.options.dbsession)
         session_id, current_secret = self.cookie.read(request)
         if session_id is None:
             return
         found = self.store.lookup(session_id)
         record = found.record
-        if record is not None and self._past_lifetime(record):
+        if record is not None and self._lifetime.ended(record):
             record = None
         if record is not None:
             self._adopt(session_id, record, current_secret)
@@ -117,29 +123,9 @@ class PGStoreSession(dict):
         self._loaded = record
         self.new = False
         self.created = record.created_on.timestamp()
-        self._refresh = self._due_for_refresh(record)
+        self._refresh = self._lifetime.due_for_refresh(record)
         self._resign = not current_secret
         self._finish_with_response()  # to see changes, refresh or re-sign
-
-    def _past_lifetime(self, record: SessionRecord) -> bool:
-        cap = self.options.max_lifetime
-        return cap is not None and record.age >= cap
-
-    def _ttl_at(self, age: float) -> float | None:
-        """The lifetime to write for a session ``age`` seconds old: the idle
-        lifetime, but never past ``max_lifetime``."""
-        cap = self.options.max_lifetime
-        if cap is None:
-            return self._ttl
-        left = max(cap - age, 0.0)
-        return left if self._ttl is None else min(self._ttl, left)
-
-    def _due_for_refresh(self, record: SessionRecord) -> bool:
-        ttl = self._ttl_at(record.age)
-        if ttl is None or self._reissue_time is None:
-            return False
-        remaining = (record.expires_on - record.loaded_at).total_seconds()
-        return ttl - remaining >= self._reissue_time
 
     @property
     def storage_key(self) -> str | None:
@@ -172,7 +158,10 @@ class PGStoreSession(dict):
         later in the request: that data goes to a brand-new session id.
         """
         if self._id is not None:
-            self.store.end(self._id)
+            if self._at_commit:
+                self._ending = self._id
+            else:
+                self.store.end(self._id)
             self._delete_cookie = True
         self._id = None
         self._loaded = None
@@ -188,6 +177,10 @@ class PGStoreSession(dict):
         dead. The response sends the new id. A session not stored yet gets a
         fresh id anyway, so there is nothing to do."""
         if self._id is None or self._loaded is None:
+            return
+        if self._at_commit:
+            self._renew_asked = True
+            self._finish_with_response()
             return
         payload = encode(self.store.serializer, self)
         check(self.store.serializer, self, payload, self.store.max_length)
@@ -249,7 +242,14 @@ class PGStoreSession(dict):
         if self._finished:
             return
         self._finished = True
+        self._finish_now(request, response)
+
+    def _finish_now(self, request: Request, response: Response) -> None:
+        """:meth:`_finish` without its run-once guard (what a transaction's commit calls)."""
         self.request = None  # the session outlives the request in some apps
+        if self._ending is not None:  # invalidate() under pyramid_tm: now that it commits
+            self.store.end(self._ending)
+            self._ending = None
         if not self.options.set_on_exception and getattr(request, "exception", None) is not None:
             self._send_done_changes(response)  # only what already happened to the row
             return
@@ -273,7 +273,9 @@ class PGStoreSession(dict):
             elif self._delete_cookie:  # invalidate() ended the session this request had
                 self.cookie.delete(response)
             return
-        renew = self.options.renew_on_login and self._owner_of(loaded.data) != self.owner
+        renew = self._renew_asked or (
+            self.options.renew_on_login and self._owner_of(loaded.data) != self.owner
+        )
         if renew and not self:
             # Its user logged out (forget()) and nothing is left: end it, as invalidate().
             self.store.end(self._id)
@@ -289,7 +291,8 @@ class PGStoreSession(dict):
                 return
             self._cookie_due |= renew
         elif self._refresh:
-            if not self.store.touch(self._id, self._ttl_at(loaded.age), **self._client(request)):
+            ttl, cap = self._lifetime.ttl_at(loaded.age), self._lifetime.cap
+            if not self.store.touch(self._id, ttl, cap=cap, **self._client(request)):
                 self._lost("was ended or revoked by another request")
                 return
         elif not (self._resign or self._cookie_due):
@@ -305,12 +308,12 @@ class PGStoreSession(dict):
         session_id = new_session_id()
         row = {"userid": self.owner, **self._client(request)}
         if self._dead_id is not None:
-            cap = self.options.max_lifetime
-            if not self.store.succeed(self._dead_id, session_id, payload, self._ttl_at(0), cap=cap, **row):
+            ttl, cap = self._lifetime.ttl_at(0), self._lifetime.cap
+            if not self.store.succeed(self._dead_id, session_id, payload, ttl, cap=cap, **row):
                 log.debug("not saving: another request already replaced this cookie's expired session")
                 return
         else:
-            self.store.save_serialized(session_id, payload, self._ttl_at(0), **row)
+            self.store.save_serialized(session_id, payload, self._lifetime.ttl_at(0), **row)
         self._id = session_id
         self.cookie.set(response, session_id)
 
@@ -339,18 +342,19 @@ class PGStoreSession(dict):
     ) -> bool:
         """One try of :meth:`_write`; on success the written row is the loaded one."""
         assert self._id is not None
-        row = {"userid": self._owner_of(data), **self._client(request)}
+        row: dict[str, Any] = {"userid": self._owner_of(data), "version": version, **self._client(request)}
         written: str | None = None  # a replace returns no version: a second write writes over
         if renew:
             new_id = new_session_id()
-            written = self.store.renew(self._id, new_id, payload, self._ttl_at(0), version=version, **row)
+            written = self.store.renew(self._id, new_id, payload, self._lifetime.ttl_at(0), **row)
             if written is None:
                 return False
             self._id = new_id
-        elif not self.store.replace_serialized(
-            self._id, payload, self._ttl_at(base.age), version=version, keep_expiry=not self._refresh, **row
-        ):
-            return False
+        else:
+            ttl, keep_expiry = self._lifetime.ttl_at(base.age), not self._refresh
+            row["cap"] = self._lifetime.cap
+            if not self.store.replace_serialized(self._id, payload, ttl, keep_expiry=keep_expiry, **row):
+                return False
         self._loaded = dataclasses.replace(base, payload=payload, version=written, data=dict(data))
         return True
 
@@ -359,9 +363,8 @@ class PGStoreSession(dict):
 
     def _lost(self, why: str) -> None:
         """The session this request held has gone: from now on it owns none."""
-        log.debug(
-            "session %s… %s: its changes are dropped, its cookie left alone", self.storage_key[:12], why
-        )
+        key = (self.storage_key or "")[:12]
+        log.debug("session %s… %s: its changes are dropped, its cookie left alone", key, why)
         self._id = None
         self._loaded = None
         self._superseded = True
@@ -385,9 +388,9 @@ def session_tween_factory(
     def finish_session(request: Request) -> Response:
         response = handler(request)
         session = request.__dict__.get("session")  # only if the view used it
-        if isinstance(session, PGStoreSession) and session._finishing:
+        if isinstance(session, PGStoreSession) and session._finishing and not session._finished:
             try:
-                session._finish(request, response)
+                tm.finish(session, request, response, session.options.transaction)
             except Exception:
                 return request.invoke_exception_view(sys.exc_info(), reraise=True)
         return response

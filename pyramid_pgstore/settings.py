@@ -17,7 +17,7 @@ from typing import Any
 
 from pyramid.exceptions import ConfigurationError
 
-from .options import CookieOptions, OptionError, SessionOptions, StoreOptions, required_text
+from .options import CookieOptions, OptionError, SessionOptions, StoreOptions, optional_text
 
 PREFIX = "pgstore."
 _HIDDEN = ("secret", "dsn")  # never repeated in an error message
@@ -26,7 +26,7 @@ _HIDDEN = ("secret", "dsn")  # never repeated in an error message
 @dataclass(frozen=True)
 class Setting:
     """One ``pgstore.*`` key; ``options`` is the options class holding it
-    (None for ``dsn``, which the store takes on its own)."""
+    (None for ``dsn`` and ``engine``, where the store's connections come from)."""
 
     name: str  # without the "pgstore." prefix
     options: type | None
@@ -45,10 +45,11 @@ def _held_by(options: type, *names: str) -> tuple[Setting, ...]:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("dsn", None),
+    Setting("engine", None),
     *_held_by(CookieOptions, "secret", "cookie_name", "max_age", "path", "domain", "secure", "httponly"),
     *_held_by(CookieOptions, "samesite"),
     *_held_by(SessionOptions, "timeout", "reissue_time", "set_on_exception", "userid_key", "renew_on_login"),
-    *_held_by(SessionOptions, "track_client", "max_lifetime"),
+    *_held_by(SessionOptions, "track_client", "max_lifetime", "transaction", "dbsession"),
     *_held_by(StoreOptions, "max_length", "table", "create_table", "pool_min", "pool_max", "pool_timeout"),
     *_held_by(StoreOptions, "statement_timeout", "synchronous_commit", "prepare_statements"),
     *_held_by(StoreOptions, "cleanup_interval", "serializer"),
@@ -60,16 +61,21 @@ class PGStoreSettings:
     """What the ``pgstore.*`` settings say. ``cookie`` is None when they
     were read without a secret (tools that never see a cookie)."""
 
-    dsn: str
+    dsn: str | None  # None when the connections come from ``engine``
+    engine: str | None  # the settings prefix of the app's SQLAlchemy engine
     store: StoreOptions
     cookie: CookieOptions | None
     session: SessionOptions
 
     def by_name(self) -> dict[str, Any]:
         """Every setting's value, by name without the prefix."""
-        holders = {StoreOptions: self.store, CookieOptions: self.cookie, SessionOptions: self.session}
-        values: dict[str, Any] = {"dsn": self.dsn}
-        for setting in SETTINGS[1:]:
+        holders: dict[type | None, Any] = {
+            StoreOptions: self.store,
+            CookieOptions: self.cookie,
+            SessionOptions: self.session,
+        }
+        values: dict[str, Any] = {"dsn": self.dsn, "engine": self.engine}
+        for setting in SETTINGS[2:]:
             values[setting.name] = getattr(holders[setting.options], setting.name, None)
         return values
 
@@ -89,15 +95,16 @@ def parse_settings(settings: Mapping[str, Any], *, need_secret: bool = True) -> 
         listed = ", ".join(PREFIX + name for name in sorted(known))
         raise ConfigurationError(f"unknown setting {', '.join(unknown)}; known: {listed}")
     given: dict[type, dict[str, Any]] = {StoreOptions: {}, CookieOptions: {}, SessionOptions: {}}
-    for setting in SETTINGS[1:]:
+    for setting in SETTINGS[2:]:
         if PREFIX + setting.name in settings:
             given[setting.options][setting.name] = settings[PREFIX + setting.name]  # type: ignore[index]
-    dsn = settings.get(PREFIX + "dsn")
+    dsn, engine = (optional_text(settings.get(PREFIX + name)) for name in ("dsn", "engine"))
     with configuration_errors(settings):
-        try:
-            dsn = required_text(dsn)
-        except ValueError as exc:
-            raise OptionError("dsn", str(exc)) from None
+        if (dsn is None) == (engine is None):
+            reason = (
+                "is required (or pgstore.engine)" if dsn is None else "and pgstore.engine: give one, not both"
+            )
+            raise OptionError("dsn", reason)
         store = StoreOptions(**given[StoreOptions])
         cookie = None
         if need_secret or settings.get(PREFIX + "secret"):
@@ -105,7 +112,7 @@ def parse_settings(settings: Mapping[str, Any], *, need_secret: bool = True) -> 
         session = SessionOptions(**given[SessionOptions])
         if cookie is not None:
             session.refresh_after(cookie)  # checks reissue_time against the lifetime
-    return PGStoreSettings(dsn, store, cookie, session)
+    return PGStoreSettings(dsn, engine, store, cookie, session)
 
 
 @contextmanager

@@ -169,7 +169,12 @@ class Statements:
                 f" WHERE key = %(key)s AND {live} AND {unchanged}"
             )
 
-        self.replace = self._family("replace", lambda expires: replace(f", expires_on = {expires}"))
+        # An existing row's new expiry never passes its created_on +
+        # max_lifetime (%(cap)s; NULL: no cap, which LEAST ignores).
+        capped = "LEAST({expires}, created_on + %(cap)s::interval)"
+        self.replace = self._family(
+            "replace", lambda expires: replace(", expires_on = " + capped.format(expires=expires))
+        )
         # The same, the expiry left as it is (refreshed at most every
         # reissue_time, as for reads): with no indexed column changed, the new
         # row version is a HOT update, written beside the old one with no
@@ -179,8 +184,8 @@ class Statements:
         self.touch = self._family(
             "touch",
             lambda expires: (
-                f"UPDATE {t} SET expires_on = {expires}, last_seen = {now}, ip = %(ip)s,"
-                f" user_agent = %(ua)s WHERE key = %(key)s AND {live}"
+                f"UPDATE {t} SET expires_on = {capped.format(expires=expires)}, last_seen = {now},"
+                f" ip = %(ip)s, user_agent = %(ua)s WHERE key = %(key)s AND {live}"
             ),
         )
         # A new id for a live session, in one statement: the old row is ended

@@ -10,27 +10,28 @@ in :mod:`pyramid_pgstore.executor`.
 
 from __future__ import annotations
 
+import copy
 import logging
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from psycopg2.pool import AbstractConnectionPool
 
 from . import schema, testing
-from .cleanup import DEFAULT_BATCH_SIZE, Cleaner, CleanupHandle, run_cleanup
+from .cleanup import CleanupHandle
 from .dsn import connect_kwargs
-from .executor import Executor, nothing, one, rowcount, rows, scalar
+from .executor import Executor, TransactionExecutor, nothing, one, rowcount, rows
+from .expired import ExpiredRows
 from .options import StoreOptions
 from .pool import BorrowedPool, Checkout, OwnedPool
-from .records import Lookup, SessionInfo, SessionRecord, storage_key
+from .records import Lookup, SessionInfo, SessionRecord, storage_key, userid_column, userid_from_column
 from .serializer import JSONSerializer, Serializer, deserialize, serialize
 from .sql import ENDED_GRACE_SECONDS, Statement, Statements, interval
 
 log = logging.getLogger("pyramid_pgstore")
 
 
-class PGStore:
+class PGStore(ExpiredRows):
     """Sessions in a PostgreSQL table, reached through a psycopg2 pool.
 
     ``PGStore(dsn, ...)`` owns a ``ThreadedConnectionPool`` (built lazily in
@@ -39,11 +40,8 @@ class PGStore:
 
     :param dsn: libpq connection string or URL.
     :param options: a :class:`~pyramid_pgstore.options.StoreOptions`;
-        keyword arguments naming its fields (``table``, ``pool_min``,
-        ``pool_max``, ``pool_timeout``, ``statement_timeout``,
-        ``synchronous_commit``, ``prepare_statements``, ``create_table``,
-        ``max_length``, ``serializer``, ``cleanup_interval``) set or override
-        them. Each is checked; a bad one raises
+        keyword arguments naming its fields (``table``, ``pool_max``, ...)
+        set or override them. A refused value raises
         :class:`~pyramid_pgstore.options.OptionError` (a ValueError) naming it.
 
     With ``create_table`` (the default) the table is created, or upgraded
@@ -69,20 +67,29 @@ class PGStore:
     def from_pool(
         cls, pool: AbstractConnectionPool, *, options: StoreOptions | None = None, **overrides: Any
     ) -> PGStore:
-        """A store on the caller's psycopg2 pool (Go's NewPGStoreFromPool).
+        """A store on the caller's psycopg2 pool (Go's NewPGStoreFromPool),
+        which its owner sizes (no ``pool_min``/``pool_max``) and :meth:`close`
+        leaves open. Connections are borrowed in autocommit mode and given
+        back with their own setting restored."""
+        options = _borrowed(options, overrides)
+        return cls._borrowing(BorrowedPool(pool, options.pool_timeout), options)
 
-        Takes the same options, but ``pool_min`` and ``pool_max``: the pool
-        is sized by its owner. :meth:`close` leaves that pool open.
-        Connections are borrowed in autocommit mode and given back with
-        their own setting restored.
-        """
-        sizing = sorted({"pool_min", "pool_max"} & overrides.keys())
-        if sizing:
-            raise TypeError(f"from_pool() takes no {', '.join(sizing)}: the borrowed pool has its own size")
-        options = StoreOptions.build(options, overrides)
+    @classmethod
+    def from_engine(cls, engine: Any, *, options: StoreOptions | None = None, **overrides: Any) -> PGStore:
+        """A store on an SQLAlchemy engine's pool (a ``postgresql+psycopg2``
+        engine): one pool for the app and its sessions. The engine's
+        ``pool_size``, ``max_overflow`` and ``pool_timeout`` govern waiting;
+        :meth:`close` leaves the engine alone. Options as :meth:`from_pool`."""
+        from .sqla import EngineCheckout  # SQLAlchemy is needed only here
+
+        options = _borrowed(options, overrides)
+        return cls._borrowing(EngineCheckout(engine, options.pool_timeout), options)
+
+    @classmethod
+    def _borrowing(cls, checkout: Checkout, options: StoreOptions) -> PGStore:
         store = cls.__new__(cls)
         store.dsn = None
-        store._open(BorrowedPool(pool, options.pool_timeout), options)
+        store._open(checkout, options)
         return store
 
     def _open(self, checkout: Checkout, options: StoreOptions) -> None:
@@ -106,6 +113,18 @@ class PGStore:
             self.prepare_table()
         if options.cleanup_interval:
             self.cleanup(options.cleanup_interval)
+
+    def in_transaction(self, conn: Any, after: Any = None) -> PGStore:
+        """This store's operations on ``conn``, inside the transaction its
+        owner holds open (``pgstore.transaction = shared``): no ``SET
+        LOCAL`` of its own (it would outlive the statement), no prepared
+        statements, no retry. ``after()`` runs after each statement."""
+        bound = copy.copy(self)
+        bound._plain_sql = Statements(self.table)
+        bound._shifted = None
+        bound._executor = TransactionExecutor(conn, self.table, after)  # type: ignore[assignment]
+        bound._table_checked = True
+        return bound
 
     # -- statements and the table ---------------------------------------------
 
@@ -199,6 +218,7 @@ class PGStore:
         *,
         version: str | None = None,
         keep_expiry: bool = False,
+        cap: float | None = None,
         **row: Any,
     ) -> bool:
         """Replace the data of a live session; returns False, writing
@@ -208,18 +228,21 @@ class PGStore:
         What the session factory uses for a session it loaded, so that a
         request that started before a logout cannot bring the session back.
         ``keep_expiry`` leaves the expiry as it is (``ttl`` is then unused):
-        a cheaper write, as the row's indexes need no new entry.
+        a cheaper write, as the row's indexes need no new entry. The new
+        expiry is never past ``cap`` seconds after the session's creation.
         """
-        params = {"key": storage_key(session_id), "data": payload, "version": version}
+        params = {"key": storage_key(session_id), "data": payload, "version": version, "cap": interval(cap)}
         family = (self._sql.replace_data,) * 2 if keep_expiry else self._sql.replace
         return self._write(family, ttl, params, row, rowcount) > 0
 
-    def touch(self, session_id: str, ttl: float | None, **row: Any) -> bool:
-        """Move the expiry to ``ttl`` seconds from now; data is untouched.
+    def touch(self, session_id: str, ttl: float | None, *, cap: float | None = None, **row: Any) -> bool:
+        """Move the expiry to ``ttl`` seconds from now (never past ``cap``
+        seconds after the session's creation); data is untouched.
 
         Returns False when there is no live session to refresh.
         """
-        return self._write(self._sql.touch, ttl, {"key": storage_key(session_id)}, row, rowcount) > 0
+        params = {"key": storage_key(session_id), "cap": interval(cap)}
+        return self._write(self._sql.touch, ttl, params, row, rowcount) > 0
 
     def renew(
         self,
@@ -239,8 +262,8 @@ class PGStore:
         ``created_on`` starts again: a new id is a new session, as far as
         ``max_lifetime`` is concerned.
         """
-        params = {"key": storage_key(session_id), "new_key": storage_key(new_id), "data": payload}
-        params["version"] = version
+        params: dict[str, Any] = {"key": storage_key(session_id), "new_key": storage_key(new_id)}
+        params.update(data=payload, version=version)
         found = self._write(self._sql.renew, ttl, params, row, one)
         return None if found is None else found[0]
 
@@ -260,8 +283,8 @@ class PGStore:
         another request already did so from the same ``dead_id``: then only
         one of them ever sets a cookie.
         """
-        params = {"old_key": storage_key(dead_id), "key": storage_key(session_id), "data": payload}
-        params["cap"] = interval(cap)
+        params: dict[str, Any] = {"old_key": storage_key(dead_id), "key": storage_key(session_id)}
+        params.update(data=payload, cap=interval(cap))
         return self._write(self._sql.succeed, ttl, params, row, rowcount) > 0
 
     def end(self, session_id: str, *, version: str | None = None) -> bool:
@@ -281,7 +304,8 @@ class PGStore:
         unknown = set(row) - {"userid", "ip", "user_agent"}
         if unknown:
             raise TypeError(f"unknown row fields: {', '.join(sorted(unknown))}")
-        params.update(userid=row.get("userid"), ip=row.get("ip"), ua=row.get("user_agent"), ttl=interval(ttl))
+        userid = userid_column(row.get("userid"))
+        params.update(userid=userid, ip=row.get("ip"), ua=row.get("user_agent"), ttl=interval(ttl))
         return self._run(family[0] if ttl is not None else family[1], params, result)
 
     # -- a user's sessions ----------------------------------------------------
@@ -289,87 +313,21 @@ class PGStore:
     def sessions_of(self, userid: Any) -> list[SessionInfo]:
         """The live sessions whose owner is ``userid`` (compared as text),
         most recently active first: one index scan."""
-        found = self._run(self._sql.sessions_of, {"userid": str(userid)}, rows)
-        return [SessionInfo(*row) for row in found]
+        found = self._run(self._sql.sessions_of, {"userid": userid_column(userid)}, rows)
+        return [SessionInfo(key, userid_from_column(owner) or "", *rest) for key, owner, *rest in found]
 
     def delete_sessions_of(self, userid: Any, keep: str | None = None) -> int:
         """End every live session of ``userid`` but the one whose session id
         is ``keep``; return how many ended. One statement."""
         keep_key = storage_key(keep) if keep else ""
-        return self._run(self._sql.delete_sessions_of, {"userid": str(userid), "keep": keep_key}, rowcount)
+        params = {"userid": userid_column(userid), "keep": keep_key}
+        return self._run(self._sql.delete_sessions_of, params, rowcount)
 
     def delete_session_of(self, userid: Any, handle: str) -> bool:
         """End the live session ``handle`` (:attr:`SessionInfo.handle`) if
         it is ``userid``'s; False, doing nothing, if it is not."""
-        return self._run(self._sql.delete_session_of, {"userid": str(userid), "key": handle}, rowcount) > 0
-
-    # -- expired rows -------------------------------------------------------
-
-    def delete_expired(self, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-        """Delete expired sessions and return how many went (Go's DeleteExpired).
-
-        Works in batches of ``batch_size`` rows, one statement (and one short
-        transaction) each, until a batch comes back short.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        total = 0
-        while True:
-            deleted = self.delete_expired_batch(batch_size)
-            total += deleted
-            if deleted < batch_size:
-                return total
-
-    def delete_expired_batch(self, limit: int) -> int:
-        """Delete up to ``limit`` expired rows in one short transaction,
-        skipping rows a request is writing; return how many went."""
-        return self._run(self._sql.delete_expired_batch, {"limit": limit}, rowcount)
-
-    def cleanup_lock(self, wait: bool = False, stop: threading.Event | None = None) -> Any:
-        """Hold the table's cleanup lock for a ``with`` block, which gets
-        whether it was taken.
-
-        One cleaner per table at a time, across processes: a transaction-level
-        advisory lock in a transaction held open on a connection of its own
-        (so it works through PgBouncer in transaction mode too).
-
-        :param wait: poll until the lock is free (or ``stop`` is set) instead
-            of yielding False at once.
-        """
-        sql = self._sql
-        lock = (sql.cleanup_lock_setup, sql.try_cleanup_lock, {"table": sql.quoted_table})
-        return self._executor.hold_lock(*lock, wait=wait, stop=stop)
-
-    def count_expired(self) -> int:
-        """How many expired rows are waiting for cleanup (a full count)."""
-        return self._run(self._sql.count_expired, {}, scalar)
-
-    def table_stats(self) -> dict[str, int]:
-        """Live and expired row counts, table and index sizes in bytes."""
-        live, expired, table_bytes, index_bytes = self._run(
-            self._sql.table_stats, {"table": self._sql.quoted_table}, one
-        )
-        return {"live": live, "expired": expired, "table_bytes": table_bytes, "index_bytes": index_bytes}
-
-    # -- background cleanup -------------------------------------------------
-
-    def run_cleanup(self, interval: float, stop_event: threading.Event) -> Iterator[int | Exception]:
-        """Every ``interval`` seconds, delete expired sessions (Go's RunCleanup).
-
-        Yields, for each run, the number deleted or the exception that run
-        hit, until ``stop_event`` is set. Runs are batched and locked (see
-        :mod:`pyramid_pgstore.cleanup`); waits are ``interval`` ± 10 %.
-        """
-        return run_cleanup(Cleaner(self), interval, stop_event)
-
-    def cleanup(self, interval: float) -> CleanupHandle:
-        """Start a daemon thread running :meth:`run_cleanup` (Go's Cleanup).
-
-        Each run's error is logged and the thread goes on. :meth:`close` stops it.
-        """
-        handle = CleanupHandle(Cleaner(self), interval)
-        self._cleanups.append(handle)
-        return handle
+        params = {"userid": userid_column(userid), "key": handle}
+        return self._run(self._sql.delete_session_of, params, rowcount) > 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -397,3 +355,11 @@ class PGStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _borrowed(options: StoreOptions | None, overrides: dict[str, Any]) -> StoreOptions:
+    """The options of a store on a pool it does not own: sized by its owner."""
+    sizing = sorted({"pool_min", "pool_max"} & overrides.keys())
+    if sizing:
+        raise TypeError(f"a borrowed pool has its own size: no {', '.join(sizing)}")
+    return StoreOptions.build(options, overrides)

@@ -1,33 +1,34 @@
 """pytest plugin: a throwaway PostgreSQL and pyramid_pgstore fixtures.
 
-Loaded automatically once ``pyramid_pgstore`` is installed. Nothing runs until
-a test asks for one of the ``pgstore_*`` fixtures, and every name here is
-prefixed, so an app's own pytest-postgresql fixtures are left alone.
+Loaded automatically once ``pyramid_pgstore`` is installed. Importing it
+imports nothing but pytest: nothing runs until a test asks for one of the
+``pgstore_*`` fixtures. Every name here is prefixed, so an app's own
+pytest-postgresql fixtures are left alone.
 
-Fixtures: ``pgstore_dsn``, ``pgstore_store``, ``pgstore_settings``,
-``pgstore_clock``, ``pgstore_pgbouncer_settings``, ``pgstore_pgbouncer_store``
-(per test); ``pgstore_server``, ``pgstore_proc`` and ``pgstore_pgbouncer_dsn``
-(per session, or per worker under pytest-xdist).
+Fixtures: ``pgstore_dsn``, ``pgstore_url``, ``pgstore_store``,
+``pgstore_settings``, ``pgstore_sessions``, ``pgstore_clock``,
+``pgstore_pgbouncer_settings``, ``pgstore_pgbouncer_store`` (per test);
+``pgstore_server``, ``pgstore_proc`` and ``pgstore_pgbouncer_dsn`` (per
+session, or per worker under pytest-xdist, whose workers share one server).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from pytest_postgresql import factories
-
-from pyramid_pgstore import testing
-from pyramid_pgstore.localdb import PG_CTL_ENV, RUN_AS_ENV, find_pg_ctl, launcher_path, run_as_user
-
-from .pgbouncer import PgBouncer, find_pgbouncer
 
 if TYPE_CHECKING:
     from pyramid_pgstore import PGStore
+    from pyramid_pgstore.localdb import LocalPostgres
+
+    from .sessions import TestSessions
 
 _OPTIONS = {
     "dsn": "DSN of an existing PostgreSQL server to use instead of starting one "
@@ -38,7 +39,10 @@ _OPTIONS = {
     "and pgbouncer (default: postgres if that user exists, else nobody)",
     "pgbouncer": "path of the pgbouncer program for the pgstore_pgbouncer_* fixtures "
     "(default: PATH, then /usr/sbin/pgbouncer; tests that use them are skipped when it is missing)",
+    "empty": "what pgstore_dsn empties before each test: 'all' the tables of the test database "
+    "(the default), or only 'sessions' tables (made by pyramid_pgstore), keeping your app's rows",
 }
+_SERVER_DIR = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,14 +57,54 @@ def _option(config: pytest.Config, name: str) -> str:
     return config.getoption(f"pgstore_{name}") or config.getini(f"pgstore_{name}") or ""
 
 
-# The server itself. fsync is off: a throwaway test server never needs to
-# survive a power cut, and tests run faster without it.
-pgstore_proc = factories.postgresql_proc(
-    executable=launcher_path(),
-    port=None,
-    dbname="pgstore",
-    postgres_options="-c fsync=off -c full_page_writes=off",
-)
+def _server_dir(config: pytest.Config) -> Path:
+    """Where this run's server lives: a directory the controller made and
+    gave its xdist workers, or one of this process's own."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "pgstore_server_dir" in workerinput:
+        return Path(workerinput["pgstore_server_dir"])
+    if _SERVER_DIR not in config.stash:
+        config.stash[_SERVER_DIR] = Path(tempfile.mkdtemp(prefix="pytest-pgstore-"))
+    return config.stash[_SERVER_DIR]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(pytest-xdist, in the controller) Every worker of the run shares one server."""
+    node.workerinput["pgstore_server_dir"] = str(_server_dir(node.config))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The process that made the server's directory stops the server: the
+    controller under xdist, after its workers; the one process otherwise."""
+    directory = config.stash.get(_SERVER_DIR, None)
+    if directory is not None and not hasattr(config, "workerinput"):
+        from .server import stop_server
+
+        stop_server(directory)
+
+
+@pytest.fixture(scope="session")
+def pgstore_proc(request: pytest.FixtureRequest) -> LocalPostgres:
+    """The run's throwaway PostgreSQL server, started on first use (as an
+    unprivileged user under root) and stopped at the end of the run; shared
+    by pytest-xdist's workers. Has ``host``, ``port``, ``user``, ``datadir``,
+    ``logfile``, ``unixsocketdir`` and ``admin_dsn``."""
+
+    from pyramid_pgstore.localdb import PG_CTL_ENV, RUN_AS_ENV, find_pg_ctl
+
+    from .server import shared_server
+
+    try:
+        pg_ctl = find_pg_ctl(_option(request.config, "pg_bindir"))
+    except FileNotFoundError as exc:
+        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
+    run_as = _run_as(request.config)
+    # For pgstore-pg-ctl, in every process: a test may stop and start the server.
+    os.environ[PG_CTL_ENV] = pg_ctl
+    if run_as:
+        os.environ[RUN_AS_ENV] = run_as
+    return shared_server(_server_dir(request.config), os.path.dirname(pg_ctl), run_as)
 
 
 @dataclass(frozen=True)
@@ -69,6 +113,14 @@ class Server:
 
     admin_dsn: str  # a maintenance database on the server, for CREATE/DROP DATABASE
     dsn: str  # this test session's (or xdist worker's) own database
+
+    @property
+    def url(self) -> str:
+        """``dsn`` as an SQLAlchemy URL (``postgresql+psycopg2://...``), for a
+        session-scoped engine; its tables are emptied by ``pgstore_dsn``."""
+        from pyramid_pgstore.dsn import as_url
+
+        return as_url(self.dsn)
 
 
 def _dsn_with_dbname(dsn: str, dbname: str) -> str:
@@ -81,26 +133,12 @@ def _dsn_with_dbname(dsn: str, dbname: str) -> str:
 def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """A PostgreSQL server and a database of its own for this test session.
 
-    Starts a throwaway server through pytest-postgresql (as an unprivileged
-    user when running as root) unless ``--pgstore-dsn`` names one. Under
-    pytest-xdist every worker gets its own server, or its own database on
-    the given server.
+    The throwaway server (``pgstore_proc``) unless ``--pgstore-dsn`` names
+    one. Under pytest-xdist every worker has a database of its own on it.
     """
     import psycopg2
 
-    admin_dsn = _option(request.config, "dsn")
-    if not admin_dsn:
-        try:
-            os.environ[PG_CTL_ENV] = find_pg_ctl(_option(request.config, "pg_bindir"))
-        except FileNotFoundError as exc:
-            pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
-        run_as = _run_as(request.config)
-        if run_as:
-            os.environ[RUN_AS_ENV] = run_as
-        proc = request.getfixturevalue("pgstore_proc")
-        admin_dsn = f"host={proc.host} port={proc.port} user={proc.user} dbname=postgres"
-        if proc.password:
-            admin_dsn += f" password={proc.password}"
+    admin_dsn = _option(request.config, "dsn") or request.getfixturevalue("pgstore_proc").admin_dsn
     dbname = f"pgstore_test_{secrets.token_hex(4)}"
     admin = psycopg2.connect(admin_dsn)
     admin.autocommit = True
@@ -129,6 +167,36 @@ END $$
 """
 
 
+# Empties only the tables pyramid_pgstore made: those with its comment
+# (schema 2 on), or with its first layout's exact columns.
+_EMPTY_SESSION_TABLES = """
+DO $$
+DECLARE tables text;
+BEGIN
+  SELECT string_agg(c.oid::regclass::text, ', ') INTO tables
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND (obj_description(c.oid, 'pg_class') LIKE 'pyramid_pgstore schema %'
+           OR ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0
+                    AND NOT attisdropped ORDER BY attnum)
+              = ARRAY['key', 'data', 'created_on', 'modified_on', 'expires_on']);
+  IF tables IS NOT NULL THEN
+    EXECUTE 'TRUNCATE ' || tables;
+  END IF;
+END $$
+"""
+
+
+@pytest.fixture(scope="session")
+def _pgstore_emptying(request: pytest.FixtureRequest) -> str:
+    what = _option(request.config, "empty") or "all"
+    if what not in ("all", "sessions"):
+        pytest.fail(
+            f"pytest_pgstore: --pgstore-empty must be 'all' or 'sessions', not {what!r}", pytrace=False
+        )
+    return _EMPTY_ALL_TABLES if what == "all" else _EMPTY_SESSION_TABLES
+
+
 @pytest.fixture(scope="session")
 def _pgstore_janitor(pgstore_server: Server) -> Iterator[Any]:
     import psycopg2
@@ -143,18 +211,31 @@ def _pgstore_janitor(pgstore_server: Server) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any) -> Iterator[str]:
-    """DSN of a database whose tables are all empty when the test starts.
+def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying: str) -> Iterator[str]:
+    """DSN of a database whose tables are all empty when the test starts
+    (with ``--pgstore-empty=sessions``: only pyramid_pgstore's tables).
 
     Tables persist between tests (so a store's CREATE TABLE is paid once);
-    their rows do not. Stores built on it during the test (an app made from
-    ``pgstore_settings``, say), or on ``pgstore_pgbouncer_dsn``, are closed
-    after it, so no test leaks connections into the next.
+    their rows do not: every table of the database is emptied, your app's
+    too, unless ``--pgstore-empty=sessions``. Stores built on it during the
+    test (an app made from ``pgstore_settings``, say), or on
+    ``pgstore_pgbouncer_dsn``, are closed after it, so no test leaks
+    connections into the next.
     """
+    from pyramid_pgstore import testing
+
     with _pgstore_janitor.cursor() as cur:
-        cur.execute(_EMPTY_ALL_TABLES)
+        cur.execute(_pgstore_emptying)
     yield pgstore_server.dsn
     testing.close_stores({pgstore_server.dsn, *_BOUNCER_DSNS})
+
+
+@pytest.fixture
+def pgstore_url(pgstore_dsn: str, pgstore_server: Server) -> str:
+    """``pgstore_dsn`` (the same emptied database) as an SQLAlchemy URL,
+    ``postgresql+psycopg2://user@host:port/dbname``, for ``create_engine`` or
+    ``sqlalchemy.url``."""
+    return pgstore_server.url
 
 
 # The DSN of pgstore_pgbouncer_dsn, once started in this process.
@@ -180,6 +261,8 @@ def pgstore_settings(pgstore_dsn: str) -> dict[str, str]:
 
 def _run_as(config: pytest.Config) -> str | None:
     """Under root, the user that runs the server and pgbouncer; else None."""
+    from pyramid_pgstore.localdb import run_as_user
+
     return run_as_user(_option(config, "run_as"))
 
 
@@ -210,6 +293,8 @@ def pgstore_pgbouncer_dsn(
     use it are skipped when pgbouncer is not installed (Debian/Ubuntu:
     ``apt-get install pgbouncer``), unless ``--pgstore-pgbouncer`` names it.
     """
+    from .pgbouncer import PgBouncer, find_pgbouncer
+
     given = _option(request.config, "pgbouncer")
     executable = find_pgbouncer(given)
     if executable is None:
@@ -258,21 +343,41 @@ def pgstore_pgbouncer_store(pgstore_pgbouncer_dsn: str, pgstore_dsn: str) -> Ite
     store.close()
 
 
+@pytest.fixture
+def pgstore_sessions(pgstore_dsn: str) -> TestSessions:
+    """Stored sessions for a WebTest app, without going through its views:
+    ``pgstore_sessions.login(app, userid, **data)`` logs a test user in (like
+    Django's ``force_login``), ``pgstore_sessions.start(app, data)`` gives the
+    app's cookie jar a session holding ``data``, and
+    ``pgstore_sessions.data(app)`` is what the app's session holds now (None:
+    none). ``app`` is a ``webtest.TestApp`` of an app configured with
+    ``config.include('pyramid_pgstore')`` (or its registry)."""
+    from .sessions import TestSessions
+
+    return TestSessions()
+
+
 class StoreClock:
     """Moves "now" for every store and session factory in this process."""
 
     def advance(self, seconds: float) -> None:
         """Make it ``seconds`` later (sessions expire, reissue times pass)."""
+        from pyramid_pgstore import testing
+
         testing.advance_clock(seconds)
 
     @property
     def offset(self) -> float:
         """Seconds added to the database clock so far in this test."""
+        from pyramid_pgstore import testing
+
         return testing.clock_offset()
 
 
 @pytest.fixture
 def pgstore_clock() -> Iterator[StoreClock]:
     """A clock to advance instead of sleeping; back to real time after the test."""
+    from pyramid_pgstore import testing
+
     yield StoreClock()
     testing.reset_clock()

@@ -6,7 +6,6 @@ server the other tests share is never taken down.
 
 import json
 import os
-import subprocess
 import threading
 import time
 
@@ -16,39 +15,24 @@ import webtest
 from pyramid.config import Configurator
 from pyramid.response import Response
 from pyramid.view import exception_view_config
-from pytest_postgresql import factories
 from served import Client, Served
 
 from pyramid_pgstore import PGStore, StoreUnavailable, get_store
-from pyramid_pgstore.localdb import launcher_path
-
-fault_proc = factories.postgresql_proc(executable=launcher_path(), port=None, dbname="faults")
+from pyramid_pgstore.localdb import LocalPostgres
 
 
-class Server:
-    """A throwaway PostgreSQL the test may stop and start."""
-
-    def __init__(self, proc):
-        self.proc = proc
-        self.dsn = f"host={proc.host} port={proc.port} user={proc.user} dbname=postgres"
-
-    def _pg_ctl(self, *args):
-        subprocess.run([launcher_path(), *args], check=True, capture_output=True)
-
-    def stop(self):
-        self._pg_ctl("stop", "-D", self.proc.datadir, "-m", "fast", "-w")
-
-    def start(self):
-        options = f"-F -p {self.proc.port} -c unix_socket_directories='{self.proc.unixsocketdir}'"
-        self._pg_ctl("start", "-w", "-D", self.proc.datadir, "-o", options, "-l", self.proc.logfile)
-
-
-@pytest.fixture
-def fault_server(pgstore_server, request):
-    """Needs the plugin's own server mode: it set up how to run pg_ctl."""
-    if not os.environ.get("PGSTORE_PG_CTL"):
-        pytest.skip("needs a server started by the tests (not --pgstore-dsn)")
-    return Server(request.getfixturevalue("fault_proc"))
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory):
+    """A throwaway PostgreSQL of this module's own, which a test may stop and start."""
+    try:
+        server = LocalPostgres(
+            tmp_path_factory.mktemp("faults") / "pg", settings={"fsync": "off"}, log=lambda m: None
+        )
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    server.start()
+    yield server
+    server.stop()
 
 
 @exception_view_config(StoreUnavailable)
@@ -79,7 +63,7 @@ def make_app(settings):
 
 def test_a_restart_while_serving_fails_fast_then_recovers_and_loses_nothing(fault_server):
     settings = {
-        "pgstore.dsn": fault_server.dsn,
+        "pgstore.dsn": fault_server.dsn(),
         "pgstore.secret": "r" * 48,
         "pgstore.table": "restart_sessions",
         "pgstore.pool_timeout": "2",

@@ -63,6 +63,31 @@ def test_every_module_is_in_the_readme_layout():
             assert relative in listed or folder in listed, f"{relative} is not in the README's Layout"
 
 
+def test_every_module_imports_only_modules_above_it_in_the_readme_layout():
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    layout = readme[readme.index("\nLayout\n") :]
+    order = []
+    for path in re.findall(r"^``(pyramid_pgstore/[\w/.]*)``", layout, flags=re.MULTILINE):
+        order.append(path.removesuffix(".py").removesuffix("/").removesuffix("/__init__").replace("/", "."))
+    rank = {name: position for position, name in enumerate(order)}
+
+    def listed_as(module):
+        while module not in rank:
+            assert "." in module, f"{module} is not in the README's Layout"
+            module = module.rpartition(".")[0]
+        return module
+
+    for name, targets in internal_graph().items():
+        if name == "pyramid_pgstore":
+            continue  # the public face imports from every layer
+        for target in targets - {"pyramid_pgstore"}:
+            if listed_as(target) == listed_as(name):
+                continue  # within one listed folder
+            assert rank[listed_as(target)] < rank[listed_as(name)], (
+                f"{name} imports {target}, listed below it"
+            )
+
+
 def test_the_package_imports_have_no_cycle():
     graph = internal_graph()
     done, path = set(), []

@@ -94,14 +94,20 @@ def test_options_are_listed_in_help(pytester):
 def test_an_existing_server_is_used_when_given_by_ini(pytester, pgstore_server):
     """--pgstore-dsn / pgstore_dsn: no server is started; a database of the
     run's own is created on the given one, and dropped afterwards."""
+
+    def test_databases():
+        with psycopg2.connect(pgstore_server.admin_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE 'pgstore_test_%%'")
+            found = {name for (name,) in cur.fetchall()}
+        conn.close()
+        return found
+
     _downstream(pytester)
     pytester.makeini(f"[pytest]\npgstore_dsn = {pgstore_server.admin_dsn}\n")
+    before = test_databases()  # this run's own (one per xdist worker)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
     result.assert_outcomes(passed=5)
-    with psycopg2.connect(pgstore_server.admin_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgstore_test_%%'")
-        (databases,) = cur.fetchone()
-    assert databases == 1  # ours only: the downstream run dropped both of its own
+    assert test_databases() == before  # the downstream run dropped both of its own
 
 
 def test_a_suite_that_does_not_use_the_fixtures_starts_no_server(pytester):
@@ -164,7 +170,7 @@ def test_a_downstream_suite_runs_sessions_through_pgbouncer(pytester):
 
 def test_without_pgbouncer_its_tests_are_skipped_and_start_no_server(pytester):
     pytester.makeconftest(
-        "import pytest_pgstore.plugin\npytest_pgstore.plugin.find_pgbouncer = lambda path='': None\n"
+        "import pytest_pgstore.pgbouncer\npytest_pgstore.pgbouncer.find_pgbouncer = lambda path='': None\n"
     )
     pytester.makepyfile(
         test_bouncer="def test_through_pgbouncer(pgstore_pgbouncer_settings):\n    pass\n",

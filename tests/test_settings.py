@@ -50,6 +50,8 @@ CONFIGURED = {
     "renew_on_login": ("no", False),
     "track_client": ("off", False),
     "max_lifetime": ("28800", 28800.0),
+    "transaction": ("None", "none"),
+    "dbsession": ("db", "db"),
     "max_length": ("100000", 100_000),
     "table": ("custom_sessions", "custom_sessions"),
     "create_table": ("true", True),
@@ -65,11 +67,16 @@ CONFIGURED = {
 
 
 def test_every_setting_parses(pgstore_dsn):
-    assert set(CONFIGURED) | {"dsn"} == {setting.name for setting in SETTINGS}
+    assert set(CONFIGURED) | {"dsn", "engine"} == {setting.name for setting in SETTINGS}
     settings = {f"pgstore.{name}": raw for name, (raw, _) in CONFIGURED.items()}
     settings["pgstore.dsn"] = pgstore_dsn
     parsed = parse_settings(settings).by_name()
-    assert parsed == {"dsn": pgstore_dsn, **{name: value for name, (_, value) in CONFIGURED.items()}}
+    expected = {
+        "dsn": pgstore_dsn,
+        "engine": None,
+        **{name: value for name, (_, value) in CONFIGURED.items()},
+    }
+    assert parsed == expected
 
     config = include(settings)
     store = get_store(config.registry)
@@ -83,6 +90,7 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
     parsed = parse_settings({"pgstore.dsn": pgstore_dsn, "pgstore.secret": LONG_SECRET}).by_name()
     assert parsed == {
         "dsn": pgstore_dsn,
+        "engine": None,
         "secret": (LONG_SECRET,),
         "cookie_name": "session",
         "max_age": None,
@@ -98,6 +106,8 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
         "renew_on_login": True,
         "track_client": True,
         "max_lifetime": None,
+        "transaction": "auto",
+        "dbsession": "dbsession",
         "max_length": 4096,
         "table": "http_sessions",
         "create_table": True,

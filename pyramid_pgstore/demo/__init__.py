@@ -1,113 +1,65 @@
-"""A small demo app: every session feature on one plain HTML page.
+"""A small demo app: every session feature on plain HTML pages.
 
 ``pserve development.ini`` serves it (``use = egg:pyramid_pgstore``). When
 ``pgstore.dsn`` is empty, the DSN comes from ``$PGSTORE_DSN``, which
 ``make demo`` sets to the local server it starts.
+
+The demo page (``/``) shows a visit counter, a stored value, flash messages
+and logging in and out; "Your sessions" (``/sessions``) lists the devices of
+the logged-in user and signs them out. The views are in
+:mod:`~pyramid_pgstore.demo.views`, their HTML in
+:mod:`~pyramid_pgstore.demo.pages`.
 """
 
 from __future__ import annotations
 
 import os
-from html import escape
 
+from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
-from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.request import Request
-from pyramid.response import Response
-from pyramid.view import exception_view_config, view_config
+from pyramid.security import Allowed, Denied
 
-from pyramid_pgstore import StoreUnavailable
+from . import views
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pyramid_pgstore demo</title>
-<style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}} form{{margin:.5em 0}}
-.flash{{background:#ffd;padding:.3em}} code{{background:#eee}}</style></head>
-<body>
-<h1>pyramid_pgstore demo</h1>
-{flashes}
-<p>Visits in this session: <strong id="visits">{visits}</strong></p>
-<p>Signed in as: <strong id="user">{user}</strong></p>
-<p>Stored value: <strong id="value">{value}</strong></p>
-<p>Session key in the table (a SHA-256 of the cookie's id, never the id):
-<code id="key">{key}</code></p>
-<form method="post" action="/set">{csrf}
-<input name="value" placeholder="a value"> <button>Set value</button></form>
-<form method="post" action="/clear">{csrf}<button>Clear value</button></form>
-<form method="post" action="/flash">{csrf}
-<input name="message" placeholder="a message"> <button>Flash it</button></form>
-<form method="post" action="/login">{csrf}
-<input name="user" placeholder="a name"> <button>Log in (new session id)</button></form>
-<form method="post" action="/logout">{csrf}<button>Log out (session deleted)</button></form>
-<p>Every form carries a CSRF token; a post without it is refused.</p>
-</body></html>
-"""
+ROUTES = [
+    ("home", "/"),
+    ("set", "/set"),
+    ("big", "/big"),
+    ("clear", "/clear"),
+    ("flash", "/flash"),
+    ("login", "/login"),
+    ("logout", "/logout"),
+    ("sessions", "/sessions"),
+    ("sign_out_device", "/sessions/sign-out"),
+    ("sign_out_others", "/sessions/sign-out-others"),
+]
 
 
-def _csrf_field(request: Request) -> str:
-    token = escape(request.session.get_csrf_token())
-    return f'<input type="hidden" name="csrf_token" value="{token}">'
+class SessionSecurityPolicy:
+    """Pyramid's session authentication: ``remember()`` puts the user id in
+    the session (under ``auth.userid``, the store's default ``userid_key``),
+    ``forget()`` takes it out. The demo has no permissions to check."""
 
+    def __init__(self) -> None:
+        self.helper = SessionAuthenticationHelper()
 
-@view_config(route_name="home", request_method="GET")
-def home(request: Request) -> Response:
-    session = request.session
-    session["visits"] = session.get("visits", 0) + 1
-    flashes = "".join(f'<p class="flash">{escape(str(m))}</p>' for m in session.pop_flash())
-    body = PAGE.format(
-        flashes=flashes,
-        visits=session["visits"],
-        user=escape(session.get("user", "nobody")),
-        value=escape(session.get("value", "(none)")),
-        key=escape((session.storage_key or "not stored yet")[:16]),
-        csrf=_csrf_field(request),
-    )
-    return Response(body)
+    def identity(self, request: Request) -> str | None:
+        return self.helper.authenticated_userid(request)
 
+    def authenticated_userid(self, request: Request) -> str | None:
+        return self.helper.authenticated_userid(request)
 
-def _back(request: Request) -> HTTPSeeOther:
-    return HTTPSeeOther(location=request.route_url("home"))
+    def permits(self, request: Request, context: object, permission: str) -> Allowed | Denied:
+        if self.identity(request) is None:
+            return Denied("not logged in")
+        return Allowed("logged in")
 
+    def remember(self, request: Request, userid: str, **kw: object) -> list:
+        return self.helper.remember(request, userid, **kw)
 
-@view_config(route_name="set", request_method="POST")
-def set_value(request: Request) -> HTTPSeeOther:
-    request.session["value"] = request.POST.get("value", "")[:200]
-    request.session.flash("Value set.")
-    return _back(request)
-
-
-@view_config(route_name="clear", request_method="POST")
-def clear_value(request: Request) -> HTTPSeeOther:
-    request.session.pop("value", None)
-    request.session.flash("Value cleared.")
-    return _back(request)
-
-
-@view_config(route_name="flash", request_method="POST")
-def flash(request: Request) -> HTTPSeeOther:
-    request.session.flash(request.POST.get("message", "")[:200] or "(empty message)")
-    return _back(request)
-
-
-@view_config(route_name="login", request_method="POST")
-def login(request: Request) -> HTTPSeeOther:
-    user = request.POST.get("user", "").strip()[:50] or "guest"
-    visits = request.session.get("visits", 0)
-    # A privilege change gets a brand-new session id: the old one is dead.
-    request.session.invalidate()
-    request.session.update(user=user, visits=visits)
-    request.session.flash(f"Welcome, {user}: your session id changed.")
-    return _back(request)
-
-
-@view_config(route_name="logout", request_method="POST")
-def logout(request: Request) -> HTTPSeeOther:
-    request.session.invalidate()
-    return _back(request)
-
-
-@exception_view_config(StoreUnavailable)
-def store_unavailable(exc: StoreUnavailable, request: Request) -> Response:
-    return Response("The session store is unavailable; try again shortly.", status=503)
+    def forget(self, request: Request, **kw: object) -> list:
+        return self.helper.forget(request, **kw)
 
 
 def main(global_config: dict, **settings: str) -> object:
@@ -116,15 +68,9 @@ def main(global_config: dict, **settings: str) -> object:
         settings["pgstore.dsn"] = os.environ.get("PGSTORE_DSN", "")
     with Configurator(settings=settings) as config:
         config.include("pyramid_pgstore")
+        config.set_security_policy(SessionSecurityPolicy())
         config.set_default_csrf_options(require_csrf=True)
-        for name, path in [
-            ("home", "/"),
-            ("set", "/set"),
-            ("clear", "/clear"),
-            ("flash", "/flash"),
-            ("login", "/login"),
-            ("logout", "/logout"),
-        ]:
+        for name, path in ROUTES:
             config.add_route(name, path)
-        config.scan(__name__)
+        config.scan(views)
     return config.make_wsgi_app()

@@ -12,6 +12,7 @@ import random
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 import psycopg2
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(kind: type) -> object:
+def _positive(kind: type) -> Callable[[str], object]:
     def parse(text: str) -> object:
         try:
             value = kind(text)

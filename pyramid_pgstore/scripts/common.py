@@ -4,14 +4,17 @@ Pyramid's own scripts do, and reporting errors as one line."""
 from __future__ import annotations
 
 import argparse
+import configparser
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pyramid.exceptions import ConfigurationError
 from pyramid.paster import get_appsettings, setup_logging
 from pyramid.scripts.common import parse_vars
 
+from pyramid_pgstore.dsn import redact
 from pyramid_pgstore.settings import configuration_errors, parse_settings
 from pyramid_pgstore.store import PGStore
 
@@ -37,7 +40,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_store(config_uri: str, config_vars: list[str]) -> PGStore:
     """A store for the ``pgstore.*`` settings of ``config_uri``: at most two
-    connections, no table creation, no cleanup thread, no secret needed.
+    connections (from ``pgstore.dsn``, or the URL of the engine
+    ``pgstore.engine`` names), no table creation, no cleanup thread, no
+    secret needed.
 
     :raises ScriptError: the file is missing or unreadable, or a setting is refused.
     """
@@ -45,22 +50,46 @@ def load_store(config_uri: str, config_vars: list[str]) -> PGStore:
     if not Path(path).is_file():
         raise ScriptError(f"no such config file: {path}")
     try:
-        options = parse_vars(config_vars)
+        given = parse_vars(config_vars)
     except ValueError as exc:
-        raise ScriptError(str(exc)) from None
+        raise ScriptError(redact(str(exc))) from None
+    # pgstore.* names override settings, taken as they are (a '%' in a
+    # password included); the others are variables for %(name)s in the file.
+    overrides = {name: value for name, value in given.items() if name.startswith("pgstore.")}
+    variables = {name: value for name, value in given.items() if name not in overrides}
     try:
-        setup_logging(config_uri, global_conf=options)
-        settings = {**get_appsettings(config_uri, options=options)}
+        setup_logging(config_uri, global_conf=variables)
+        settings = {**get_appsettings(config_uri, options=variables)}
+    except configparser.InterpolationError as exc:
+        # Its message quotes the value from the '%' on: a password, maybe.
+        raise ScriptError(
+            f"cannot read {config_uri}: a '%' in {exc.option} that is not '%%' or '%(name)s'"
+            " (write '%%' for a '%' in an ini file)"
+        ) from None
     except Exception as exc:  # plaster and configparser raise many kinds for one cause
-        raise ScriptError(f"cannot read {config_uri}: {exc}") from None
-    settings.update((name, value) for name, value in options.items() if name.startswith("pgstore."))
+        raise ScriptError(redact(f"cannot read {config_uri}: {exc}")) from None
+    settings.update(overrides)
     try:
         parsed = parse_settings(settings, need_secret=False)
-        store_options = parsed.store.replace(pool_min=0, pool_max=2, create_table=False, cleanup_interval=0)
         with configuration_errors(settings):
-            return PGStore(parsed.dsn, options=store_options)
+            if parsed.engine is not None:  # the app's SQLAlchemy engine: a small one of our own
+                engine = _engine(str(settings.get(parsed.engine + "url", "")), parsed.engine)
+                options = parsed.store.replace(create_table=False, cleanup_interval=0)
+                return PGStore.from_engine(engine, options=options)
+            options = parsed.store.replace(pool_min=0, pool_max=2, create_table=False, cleanup_interval=0)
+            return PGStore(parsed.dsn or "", options=options)
     except ConfigurationError as exc:
-        raise ScriptError(f"{config_uri}: {exc}") from None
+        raise ScriptError(redact(f"{config_uri}: {exc}")) from None
+
+
+def _engine(url: str, prefix: str) -> Any:
+    """A one-connection engine on the app's URL (the script's own)."""
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.create_engine(url, pool_size=1, max_overflow=1)
+    except Exception as exc:  # no SQLAlchemy, or a URL it cannot read: several kinds
+        raise ScriptError(redact(f"{prefix}url: {exc}")) from None
 
 
 def say(prog: str, message: str) -> None:
@@ -69,5 +98,5 @@ def say(prog: str, message: str) -> None:
 
 
 def fail(prog: str, message: str) -> None:
-    """An error line on stderr."""
-    print(f"{prog}: {message}", file=sys.stderr)
+    """An error, as one line on stderr (libpq's messages span several)."""
+    print(f"{prog}: {' '.join(message.split())}", file=sys.stderr)

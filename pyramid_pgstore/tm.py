@@ -1,0 +1,131 @@
+"""The session write and pyramid_tm's transaction: ``pgstore.transaction``.
+
+``auto`` (the default)
+    When pyramid_tm manages the request, the session is written only if the
+    transaction commits, after the app's own resources (zope.sqlalchemy's
+    commits the app's database transaction first): an aborted or doomed
+    transaction saves nothing, and the response's cookie is not changed.
+    A failure of the session write then aborts the transaction and reaches
+    the app's exception views, as pyramid_tm renders commit errors.
+``shared``
+    The session's statements run on the app's SQLAlchemy session
+    (``request.dbsession``, or the attribute ``pgstore.dbsession`` names), in
+    its database transaction: a user row and the login session commit or
+    roll back together. The cookie is changed once the transaction commits.
+``none``
+    The session is written when the response is ready, whatever the
+    transaction does.
+
+Requests pyramid_tm does not manage (``tm.activate_hook``, no pyramid_tm)
+are written when the response is ready, in every mode. Nothing here imports
+pyramid_tm, transaction or zope.sqlalchemy unless ``shared`` is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pyramid.request import Request
+from pyramid.response import Response
+
+from .cookie import vary_on_cookie
+from .store import PGStore
+
+MODES = ("auto", "shared", "none")
+
+
+class Finishable(Protocol):
+    _finished: bool
+
+    def _finish(self, request: Request, response: Response) -> None: ...
+
+    def _finish_now(self, request: Request, response: Response) -> None: ...
+
+
+def managed(request: Request) -> bool:
+    """pyramid_tm manages this request's transaction right now."""
+    return bool(request.environ.get("tm.active"))
+
+
+def shared_store(store: PGStore, request: Request, attribute: str) -> PGStore:
+    """``store`` on the connection of the request's SQLAlchemy session, in
+    its transaction (``shared`` mode). zope.sqlalchemy is told the session
+    wrote, so that it commits even when the app itself only read.
+
+    :raises AttributeError: the request has no such attribute (say which).
+    """
+    import zope.sqlalchemy  # the shared mode's own dependency
+
+    try:
+        dbsession = getattr(request, attribute)
+    except AttributeError:
+        raise AttributeError(
+            f"pgstore.transaction = shared needs the app's SQLAlchemy session as request.{attribute} "
+            "(set pgstore.dbsession to the attribute's name)"
+        ) from None
+    conn = dbsession.connection().connection.driver_connection
+    return store.in_transaction(conn, after=lambda: zope.sqlalchemy.mark_changed(dbsession))
+
+
+def finish(session: Finishable, request: Request, response: Response, mode: str) -> None:
+    """Finish ``session`` as ``mode`` says: now, at commit, or in the
+    transaction with the cookie set at commit."""
+    if mode == "none" or not managed(request):
+        session._finish(request, response)
+        return
+    transaction = request.tm.get()
+    if mode == "auto":
+        session._finished = True  # by the commit, if there is one; not by a response callback
+        transaction.join(_SessionWrite(session, request, response, request.tm))
+        return
+    # shared: the statements run now, in the transaction; the cookie waits for it.
+    pending = Response()
+    session._finish(request, pending)
+    if "Cookie" in (pending.vary or ()):
+        vary_on_cookie(response)
+    cookies = pending.headers.getall("Set-Cookie")
+    if cookies:
+        transaction.addAfterCommitHook(_set_cookies, args=(response, cookies))
+
+
+def _set_cookies(committed: bool, response: Response, cookies: list[str]) -> None:
+    if committed:
+        for cookie in cookies:
+            response.headers.add("Set-Cookie", cookie)
+
+
+class _SessionWrite:
+    """A data manager (``transaction``'s protocol) that writes the session
+    when the transaction commits, and does nothing when it aborts.
+
+    It votes last (its sort key sorts after zope.sqlalchemy's ``~sqlalchemy:``),
+    so the app's database has committed by then: a failed session write
+    leaves the app's data committed and the session as it was.
+    """
+
+    def __init__(self, session: Finishable, request: Request, response: Response, manager: Any) -> None:
+        self.session = session
+        self.request = request
+        self.response = response
+        self.transaction_manager = manager
+
+    def sortKey(self) -> str:
+        return "~~pyramid_pgstore"
+
+    def tpc_vote(self, transaction: Any) -> None:
+        self.session._finish_now(self.request, self.response)
+
+    def abort(self, transaction: Any) -> None:
+        pass  # nothing was written
+
+    def tpc_begin(self, transaction: Any) -> None:
+        pass
+
+    def commit(self, transaction: Any) -> None:
+        pass
+
+    def tpc_finish(self, transaction: Any) -> None:
+        pass
+
+    def tpc_abort(self, transaction: Any) -> None:
+        pass

@@ -1,0 +1,292 @@
+"""An app laid out like pyramid-cookiecutter-starter's SQLAlchemy backend:
+pyramid_tm, zope.sqlalchemy, ``request.dbsession``, WebTest."""
+
+import time
+
+import psycopg2
+import pytest
+import sqlalchemy
+import webtest
+import zope.sqlalchemy
+from pyramid.authentication import SessionAuthenticationHelper
+from pyramid.config import Configurator
+from pyramid.httpexceptions import HTTPFound
+from pyramid.view import exception_view_config
+from sqlalchemy import Column, Integer, MetaData, Text
+from sqlalchemy.orm import declarative_base, sessionmaker
+
+from pyramid_pgstore import PGStore, StoreUnavailable, get_store
+from pyramid_pgstore.sqla import sessions_table
+
+Base = declarative_base()
+auth = SessionAuthenticationHelper()
+
+
+class User(Base):
+    __tablename__ = "users"
+    id = Column(Integer, primary_key=True)
+    name = Column(Text, nullable=False)
+
+
+def login(request):
+    """Adds a user row and logs it in; ``?how=raise`` ends with ``raise HTTPFound``."""
+    user = User(name=request.params["name"])
+    request.dbsession.add(user)
+    request.dbsession.flush()
+    auth.remember(request, user.id)
+    if request.params.get("doom"):
+        request.tm.doom()
+    redirect = HTTPFound(location="/whoami")
+    if request.params.get("how") == "raise":
+        raise redirect
+    return redirect
+
+
+def whoami(request):
+    userid = request.session.get("auth.userid")
+    user = request.dbsession.get(User, userid) if userid is not None else None
+    return {"userid": userid, "name": user.name if user else None}
+
+
+@exception_view_config(StoreUnavailable, renderer="json")
+def unavailable(exc, request):
+    request.response.status = 503
+    return {"error": str(exc)}
+
+
+def make_app(settings):
+    """The cookiecutter's models/__init__.py includeme, in a few lines."""
+    settings = {"tm.manager_hook": "pyramid_tm.explicit_manager", **settings}
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tm")
+        config.include("pyramid_pgstore")
+        from pyramid_pgstore.sqla import engine_for
+
+        engine = engine_for(config.registry, "sqlalchemy.")
+        Base.metadata.create_all(engine)
+        factory = sessionmaker(bind=engine)
+
+        def dbsession(request):
+            session = factory()
+            zope.sqlalchemy.register(session, transaction_manager=request.tm)
+            return session
+
+        config.add_request_method(dbsession, reify=True)
+        for view in (login, whoami):
+            config.add_route(view.__name__, f"/{view.__name__}")
+            config.add_view(view, route_name=view.__name__, renderer="json")
+        config.scan(__name__)
+    return webtest.TestApp(config.make_wsgi_app())
+
+
+@pytest.fixture(params=["dsn", "engine"])
+def settings(request, pgstore_settings, pgstore_url):
+    """The app's settings, pgstore on its own DSN or on the app's engine."""
+    given = {**pgstore_settings, "sqlalchemy.url": pgstore_url}
+    if request.param == "engine":
+        del given["pgstore.dsn"]
+        given["pgstore.engine"] = "sqlalchemy."
+    return given
+
+
+def count(dsn, table):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                f"SELECT count(*) FROM {table}" + (" WHERE data <> ''" if table == "http_sessions" else "")
+            )
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["auto", "shared"])
+def test_a_login_that_raises_a_redirect_saves_neither_user_nor_session(settings, mode, pgstore_dsn):
+    """pyramid_tm aborts a request whose view raised (even HTTPFound): the
+    session write follows, and the cookie is left alone."""
+    app = make_app({**settings, "pgstore.transaction": mode})
+    response = app.get("/login?name=ann&how=raise")
+    assert response.status_int == 302
+    assert "Set-Cookie" not in response.headers
+    assert count(pgstore_dsn, "users") == 0
+    assert count(pgstore_dsn, "http_sessions") == 0
+    assert app.get("/whoami").json == {"userid": None, "name": None}
+
+
+@pytest.mark.parametrize("mode", ["auto", "shared"])
+def test_a_doomed_transaction_saves_no_session(settings, mode, pgstore_dsn):
+    app = make_app({**settings, "pgstore.transaction": mode})
+    response = app.get("/login?name=ann&doom=1")
+    assert "Set-Cookie" not in response.headers
+    assert count(pgstore_dsn, "http_sessions") == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "shared"])
+def test_a_login_that_commits_saves_user_and_session(settings, mode, pgstore_dsn):
+    app = make_app({**settings, "pgstore.transaction": mode})
+    response = app.get("/login?name=ann")
+    assert response.status_int == 302 and "Set-Cookie" in response.headers
+    assert app.get("/whoami").json["name"] == "ann"
+    assert count(pgstore_dsn, "users") == 1
+
+
+def test_without_following_the_transaction_the_session_outlives_the_rolled_back_user(settings, pgstore_dsn):
+    """What the cookiecutter user saw before: a session for a user that does not exist."""
+    app = make_app({**settings, "pgstore.transaction": "none"})
+    app.get("/login?name=ann&how=raise")
+    assert count(pgstore_dsn, "users") == 0
+    assert app.get("/whoami").json == {"userid": 1, "name": None}
+
+
+def test_in_shared_mode_a_failed_commit_rolls_back_user_and_session_together(settings, pgstore_dsn):
+    """The user row and the session are one database transaction: a
+    constraint checked at commit fails both."""
+    app = make_app({**settings, "pgstore.transaction": "shared"})
+    conn = psycopg2.connect(pgstore_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "ALTER TABLE users ADD CONSTRAINT names_once UNIQUE (name) DEFERRABLE INITIALLY DEFERRED;"
+            "INSERT INTO users (name) VALUES ('ann')"
+        )
+    try:
+        with pytest.raises(sqlalchemy.exc.IntegrityError):  # from the commit, through pyramid_tm
+            app.get("/login?name=ann")
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("ALTER TABLE users DROP CONSTRAINT names_once")
+        conn.close()
+    assert count(pgstore_dsn, "users") == 1  # only the one inserted above
+    assert count(pgstore_dsn, "http_sessions") == 0
+
+
+def test_in_shared_mode_the_session_is_read_in_the_apps_transaction(settings, pgstore_dsn):
+    app = make_app({**settings, "pgstore.transaction": "shared"})
+    app.get("/login?name=ann")
+    store = get_store(app.app.registry)
+    before = store.stats()["queries"]
+    assert app.get("/whoami").json["name"] == "ann"
+    assert store.stats()["queries"] == before  # nothing went through the store's own pool
+
+
+def connections(dsn):
+    """Connections the app under test holds on its database: its engine's and its store's."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name IN ('cookie_app', 'pyramid_pgstore')"
+            )
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_on_the_apps_engine_a_process_holds_one_pool(pgstore_settings, pgstore_url, pgstore_dsn):
+    """Connections the app's process keeps open after serving 60 requests,
+    6 at a time: the engine's pool only, instead of the engine's plus the store's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = pgstore_url + "?application_name=cookie_app"
+    base = {
+        **pgstore_settings,
+        "sqlalchemy.url": url,
+        "sqlalchemy.pool_size": "3",
+        "sqlalchemy.max_overflow": "0",
+    }
+    counts = {}
+    for how in ("dsn", "engine"):
+        given = {**base, "pgstore.table": f"pool_{how}", "pgstore.pool_max": "3"}
+        if how == "engine":
+            del given["pgstore.dsn"], given["pgstore.pool_max"]
+            given["pgstore.engine"] = "sqlalchemy."
+        app = make_app(given)
+        app.get("/login?name=ann")
+        browser = webtest.TestApp(app.app, cookiejar=app.cookiejar)
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(browser.get, ["/whoami"] * 60))
+        counts[how] = connections(pgstore_dsn)
+        get_store(app.app.registry).close()
+        app.app.registry["pyramid_pgstore.engines"]["sqlalchemy."].dispose()
+        deadline = time.monotonic() + 10
+        while connections(pgstore_dsn) and time.monotonic() < deadline:
+            time.sleep(0.05)  # closed backends leave pg_stat_activity a moment later
+    assert counts["engine"] <= 3 < counts["dsn"]
+    print(f"connections held, store on its own DSN: {counts['dsn']}; on the app's engine: {counts['engine']}")
+
+
+def test_the_engine_backed_store_waits_discards_and_leaves_nothing_checked_out(pgstore_url, pgstore_dsn):
+    engine = sqlalchemy.create_engine(
+        pgstore_url + "?application_name=cookie_app", pool_size=1, max_overflow=0, pool_timeout=2
+    )
+    store = PGStore.from_engine(engine)
+    store.save("id-1", {"n": 1}, 60)
+    conn = psycopg2.connect(pgstore_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:  # the engine's one connection, killed while idle
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'cookie_app'"
+        )
+    conn.close()
+    assert store.load("id-1").data == {"n": 1}  # retried on a fresh connection
+    assert engine.pool.checkedout() == 0
+    with engine.connect() as held:  # the engine's only connection taken by the app
+        with pytest.raises(StoreUnavailable):
+            store.load("id-1")
+        held.rollback()
+    assert store.load("id-1").data == {"n": 1}
+    store.close()
+    assert engine.pool.checkedout() == 0
+    with engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SELECT 1")).scalar() == 1  # close() left the engine alone
+    engine.dispose()
+
+
+def catalog(dsn, schema):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'http_sessions' ORDER BY ordinal_position",
+                (schema,),
+            )
+            columns = cur.fetchall()
+            cur.execute(
+                "SELECT replace(indexdef, %s, 'S') FROM pg_indexes WHERE schemaname = %s"
+                " AND tablename = 'http_sessions' ORDER BY indexname",
+                (f"{schema}.", schema),
+            )
+            indexes = cur.fetchall()
+            cur.execute("SELECT obj_description(%s::regclass, 'pg_class')", (f"{schema}.http_sessions",))
+            comment = cur.fetchone()
+        return columns, indexes, comment
+    finally:
+        conn.close()
+
+
+def test_the_sqlalchemy_table_is_the_table_the_store_creates(pgstore_dsn, pgstore_url):
+    conn = psycopg2.connect(pgstore_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA IF NOT EXISTS by_store; CREATE SCHEMA IF NOT EXISTS by_alembic")
+    conn.close()
+    PGStore(pgstore_dsn, table="by_store.http_sessions").close()
+    engine = sqlalchemy.create_engine(pgstore_url)
+    metadata = MetaData()
+    sessions_table(metadata, schema_name="by_alembic")
+    metadata.create_all(engine)
+    engine.dispose()
+    try:
+        assert catalog(pgstore_dsn, "by_alembic") == catalog(pgstore_dsn, "by_store")
+        with PGStore(pgstore_dsn, table="by_alembic.http_sessions", create_table=False) as store:
+            assert store.prepare_table() == []  # current: nothing to create or upgrade
+            store.save("id-1", {"n": 1}, 60)
+    finally:
+        conn = psycopg2.connect(pgstore_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DROP SCHEMA by_store CASCADE; DROP SCHEMA by_alembic CASCADE")
+        conn.close()
