@@ -23,15 +23,54 @@ from psycopg2.extensions import cursor as Cursor
 from . import testing
 from ._prepared import PreparedStatements
 from .dsn import redact
-from .errors import SchemaOutdated, StoreUnavailable
+from .errors import PoolTimeout, SchemaOutdated, StoreUnavailable
 from .pool import Checkout
 from .sql import Statement
+from .watchdog import watchdog as _watchdog
 
 log = logging.getLogger("pyramid_pgstore")
 
 T = TypeVar("T")
 
 _LOCK_POLL = 0.5  # seconds between tries when waiting for a lock
+_FAILOVER_POLL = 0.1  # seconds between tries when waiting for a writable server
+_UNREPLICATED = "canceling wait for synchronous replication"
+
+
+class _Retry(Exception):
+    """This try failed in a way another may not: say why, and whether to
+    try again at once (a broken connection) or after a pause (no server)."""
+
+    def __init__(self, reason: str, immediately: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.immediately = immediately
+
+
+def _read_only(conn: Any) -> bool:
+    """The server says, with every reply (PostgreSQL 14 and later report
+    both settings to the client, at no round trip), that it takes no writes."""
+    info = conn.info
+    return (
+        info.parameter_status("default_transaction_read_only") == "on"
+        or info.parameter_status("in_hot_standby") == "on"
+    )
+
+
+def _refuse_unreplicated(conn: Any, commit_timeout: float | None) -> None:
+    """A commit that the watchdog canceled while it waited for a
+    synchronous standby has committed on the server, unconfirmed: it is not
+    acknowledged (a failover may lose it), so the statement fails."""
+    notices, conn.notices[:] = list(conn.notices), []
+    if any(_UNREPLICATED in notice for notice in notices):
+        raise StoreUnavailable(
+            f"the write was not confirmed by a synchronous standby within {commit_timeout:g} s "
+            "(it is committed on the primary; see README, High availability)"
+        )
+
+
+class _ReadOnly(Exception):
+    """The connection's server turned out read-only (fenced, or a standby)."""
 
 
 class Executor:
@@ -39,52 +78,97 @@ class Executor:
 
     :param checkout: where connections come from (and go back, in ``finally``).
     :param table: the table's name, for error messages.
+    :param failover_timeout: how long a statement waits for a writable
+        server (during a failover, a restart) before it fails; 0: not at all.
+    :param commit_timeout: how long a statement may run before it is
+        canceled from here (a commit waiting for a synchronous standby that
+        is gone, which no server-side timeout ends); None: no limit.
     """
 
-    def __init__(self, checkout: Checkout, table: str) -> None:
+    def __init__(
+        self,
+        checkout: Checkout,
+        table: str,
+        failover_timeout: float = 0.0,
+        commit_timeout: float | None = None,
+    ) -> None:
         self.checkout = checkout
         self.table = table
+        self.failover_timeout = failover_timeout
+        self.commit_timeout = commit_timeout
         self.queries = 0  # round trips; approximate under threads (no lock on the hot path)
         self._prepared = PreparedStatements()
 
     def run(self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
         """Run one statement and return ``result(cursor)``.
 
-        :raises StoreUnavailable: the database canceled or refused it, or the
-            connection broke twice.
+        A connection that breaks under it (a restart, a network cut,
+        ``pg_terminate_backend``), or whose server turns out read-only (a
+        fenced old primary, a standby), is discarded with its idle peers and
+        the statement sent again on a new connection, which a multi-host DSN
+        with ``target_session_attrs=read-write`` takes to the primary. While
+        no server can be reached, it tries again every 0.1 s for up to
+        ``failover_timeout`` seconds.
+
+        :raises StoreUnavailable: the database canceled or refused it, or no
+            writable server answered in time.
         :raises SchemaOutdated: the table lacks a column this release writes.
         """
         params["offset"] = testing.clock.offset
-        for attempt in (1, 2):
-            conn = self.checkout.getconn()
-            broken = False
+        deadline = time.monotonic() + self.failover_timeout
+        tried_again = False
+        while True:
             try:
-                with conn.cursor() as cur:
+                return self._once(sql, params, result)
+            except _Retry as retry:
+                if retry.immediately and not tried_again:
+                    log.warning("%s; trying again", redact(retry.reason))
+                elif time.monotonic() + _FAILOVER_POLL > deadline:
+                    raise StoreUnavailable(redact(retry.reason)) from retry.__cause__
+                else:
+                    time.sleep(_FAILOVER_POLL)
+                tried_again = True
+
+    def _once(self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
+        try:
+            conn = self.checkout.getconn()
+        except PoolTimeout:
+            raise
+        except StoreUnavailable as exc:  # no server to connect to (down, being promoted)
+            raise _Retry(str(exc), immediately=False) from exc
+        broken = False
+        try:
+            with conn.cursor() as cur:
+                watch = _watchdog.start(conn, self.commit_timeout)
+                try:
                     if isinstance(sql, str):
                         self.queries += 1
                         cur.execute(sql, params)
                     else:
                         self.queries += self._prepared.execute(cur, sql, params)
-                    return result(cur)
-            except psycopg2.errors.QueryCanceled as exc:
-                raise _unavailable("the database canceled the statement", exc) from exc
-            except psycopg2.errors.UndefinedColumn as exc:
-                problem = f"table {self.table} lacks a column this release uses ({str(exc).strip()})"
-                raise SchemaOutdated(self.table, problem) from exc
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if not conn.closed:  # the statement failed, the connection is fine
-                    raise StoreUnavailable(
-                        redact(f"the database refused the statement: {exc}".strip())
-                    ) from exc
-                broken = True
-                if attempt == 2:
-                    raise StoreUnavailable(
-                        redact(f"lost the database connection twice: {exc}".strip())
-                    ) from exc
-                log.warning("database connection lost (%s); retrying", redact(str(exc).strip()))
-            finally:
-                self.checkout.putconn(conn, broken)
-        raise AssertionError("unreachable")
+                finally:
+                    _watchdog.stop(watch)
+                if _read_only(conn):
+                    raise _ReadOnly
+                found = result(cur)
+            if conn.notices:
+                _refuse_unreplicated(conn, self.commit_timeout)
+            return found
+        except (_ReadOnly, psycopg2.errors.ReadOnlySqlTransaction) as exc:
+            broken = True  # a read-only server is useless to a session store
+            raise _Retry("the database server is read-only (a failover?)", immediately=True) from exc
+        except psycopg2.errors.QueryCanceled as exc:
+            raise _unavailable("the database canceled the statement", exc) from exc
+        except psycopg2.errors.UndefinedColumn as exc:
+            problem = f"table {self.table} lacks a column this release uses ({str(exc).strip()})"
+            raise SchemaOutdated(self.table, problem) from exc
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if not conn.closed:  # the statement failed, the connection is fine
+                raise _unavailable("the database refused the statement", exc) from exc
+            broken = True
+            raise _Retry(f"lost the database connection ({str(exc).strip()})", immediately=True) from exc
+        finally:
+            self.checkout.putconn(conn, broken)
 
     @contextmanager
     def hold_lock(

@@ -248,6 +248,12 @@ class StoreOptions(_Options):
     :param serializer: ``dumps``/``loads`` object (or its dotted name); JSON by default.
     :param cleanup_interval: seconds between cleanup passes run by a thread
         of the store; 0 runs none.
+    :param failover_timeout: seconds a statement waits for a writable server
+        (a failover, a restart) before :class:`~pyramid_pgstore.StoreUnavailable`,
+        at most ``pool_timeout``; 0 fails at once.
+    :param commit_timeout: seconds after which a statement is canceled from
+        the client, and fails: bounds a commit waiting for a synchronous
+        standby that is gone, which no server setting bounds; None: no limit.
     """
 
     table: str = option(DEFAULT_TABLE, table_name)
@@ -261,10 +267,18 @@ class StoreOptions(_Options):
     max_length: int = option(4096, number(int, 0, MAX_LENGTH))
     serializer: Any = option(None, serializer_object)
     cleanup_interval: float = option(0, number(float, 0, MAX_SECONDS))
+    failover_timeout: float = option(5.0, number(float, 0, MAX_POOL_TIMEOUT))
+    commit_timeout: float | None = option(10.0, optional(number(float, 0.1, MAX_STATEMENT_TIMEOUT)))
 
     def _check(self) -> None:
         if self.pool_min > self.pool_max:
             raise OptionError("pool_min", f"must not be over pool_max ({self.pool_max})")
+
+    @property
+    def failover_wait(self) -> float:
+        """How long a statement waits for a writable server: ``failover_timeout``,
+        never more than ``pool_timeout``."""
+        return min(self.failover_timeout, self.pool_timeout)
 
 
 @dataclass(frozen=True)

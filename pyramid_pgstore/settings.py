@@ -52,7 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     *_held_by(SessionOptions, "track_client", "max_lifetime", "transaction", "dbsession"),
     *_held_by(StoreOptions, "max_length", "table", "create_table", "pool_min", "pool_max", "pool_timeout"),
     *_held_by(StoreOptions, "statement_timeout", "synchronous_commit", "prepare_statements"),
-    *_held_by(StoreOptions, "cleanup_interval", "serializer"),
+    *_held_by(StoreOptions, "cleanup_interval", "serializer", "failover_timeout", "commit_timeout"),
 )
 
 

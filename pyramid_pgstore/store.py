@@ -105,7 +105,7 @@ class PGStore(ExpiredRows):
         )
         self._shifted: Statements | None = None  # built when a test first moves the clock
         self._checkout = checkout
-        self._executor = Executor(checkout, options.table)
+        self._executor = Executor(checkout, options.table, options.failover_wait, options.commit_timeout)
         self._cleanups: list[CleanupHandle] = []
         self._table_checked = False
         testing.track_store(self)
@@ -265,7 +265,9 @@ class PGStore(ExpiredRows):
         params: dict[str, Any] = {"key": storage_key(session_id), "new_key": storage_key(new_id)}
         params.update(data=payload, version=version)
         found = self._write(self._sql.renew, ttl, params, row, one)
-        return None if found is None else found[0]
+        if found is None:
+            return self._done_before(new_id, payload)
+        return found[0]
 
     def succeed(
         self,
@@ -285,7 +287,15 @@ class PGStore(ExpiredRows):
         """
         params: dict[str, Any] = {"old_key": storage_key(dead_id), "key": storage_key(session_id)}
         params.update(data=payload, cap=interval(cap))
-        return self._write(self._sql.succeed, ttl, params, row, rowcount) > 0
+        made = self._write(self._sql.succeed, ttl, params, row, rowcount) > 0
+        return made or self._done_before(session_id, payload) is not None
+
+    def _done_before(self, session_id: str, payload: str) -> str | None:
+        """The version of a row ``session_id`` holding ``payload``, if one is
+        there: a statement sent again after its connection was lost may have
+        been done the first time, which the second then finds."""
+        record = self.load(session_id)
+        return record.version if record is not None and record.payload == payload else None
 
     def end(self, session_id: str, *, version: str | None = None) -> bool:
         """End the session now (``invalidate()``): its row keeps no data and

@@ -63,6 +63,8 @@ CONFIGURED = {
     "prepare_statements": ("true", True),
     "cleanup_interval": ("3600", 3600.0),
     "serializer": ("json", json),
+    "failover_timeout": ("2.5", 2.5),
+    "commit_timeout": ("none", None),
 }
 
 
@@ -119,6 +121,8 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
         "prepare_statements": False,
         "cleanup_interval": 0,
         "serializer": None,
+        "failover_timeout": 5.0,
+        "commit_timeout": 10.0,
     }
 
 

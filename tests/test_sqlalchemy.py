@@ -177,7 +177,7 @@ def connections(dsn):
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND application_name IN ('cookie_app', 'pyramid_pgstore')"
+                " AND application_name IN ('pool_test_engine', 'pool_test_store')"
             )
             return cur.fetchone()[0]
     finally:
@@ -189,13 +189,11 @@ def test_on_the_apps_engine_a_process_holds_one_pool(pgstore_settings, pgstore_u
     6 at a time: the engine's pool only, instead of the engine's plus the store's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    url = pgstore_url + "?application_name=cookie_app"
-    base = {
-        **pgstore_settings,
-        "sqlalchemy.url": url,
-        "sqlalchemy.pool_size": "3",
-        "sqlalchemy.max_overflow": "0",
-    }
+    # Names of their own, so that no other test's connections are counted.
+    url = pgstore_url + "?application_name=pool_test_engine"
+    dsn = pgstore_settings["pgstore.dsn"] + " application_name=pool_test_store"
+    base = {**pgstore_settings, "pgstore.dsn": dsn, "sqlalchemy.url": url}
+    base.update({"sqlalchemy.pool_size": "3", "sqlalchemy.max_overflow": "0"})
     counts = {}
     for how in ("dsn", "engine"):
         given = {**base, "pgstore.table": f"pool_{how}", "pgstore.pool_max": "3"}
