@@ -99,22 +99,24 @@ def make_app(env: dict[str, str] | None = None) -> Any:
     env = dict(os.environ if env is None else env)
     backend = env["BENCH_BACKEND"]
     settings: dict[str, str] = {}
-    if backend in ("pgstore", "pgstore-prep"):
+    if backend in ("pgstore", "pgstore-prep", "pgstore-base"):
         settings = {
             "pgstore.dsn": env["BENCH_DSN"],
             "pgstore.secret": env["BENCH_SECRET"],
             "pgstore.timeout": env.get("BENCH_TIMEOUT", "86400"),
             "pgstore.table": env.get("BENCH_TABLE", "http_sessions"),
         }
+        if backend in ("pgstore-prep", "pgstore-base"):
+            # A table of its own: the scale section's small table keeps 1,000 rows.
+            table = env.get("BENCH_TABLE", "http_sessions")
+            settings["pgstore.table"] = table + backend.removeprefix("pgstore").replace("-", "_")
         if backend == "pgstore-prep":
             settings["pgstore.prepare_statements"] = "true"
-            # A table of its own: the scale section's small table keeps 1,000 rows.
-            settings["pgstore.table"] = env.get("BENCH_TABLE", "http_sessions") + "_prep"
         for item in filter(None, env.get("BENCH_PGSTORE", "").split(";")):
             key, _, value = item.partition("=")
             settings[key.strip()] = value.strip()
     with Configurator(settings=settings) as config:
-        if backend in ("pgstore", "pgstore-prep"):
+        if backend in ("pgstore", "pgstore-prep", "pgstore-base"):
             config.include("pyramid_pgstore")
         else:
             config.set_session_factory(session_factory(backend, env))

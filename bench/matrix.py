@@ -25,6 +25,15 @@ import psycopg2
 from servers import app_server, foreign_load, http_get, log, wait_until_quiet, wrk
 
 BACKENDS = ("cookie", "redis", "redis-lru", "floor", "pgstore", "pgstore-prep")
+# With --baseline REF: pyramid_pgstore as it was at REF (its package on
+# PYTHONPATH, ahead of the installed one), on a table of its own.
+BASELINE = "pgstore-base"
+
+
+def backend_names(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*BACKENDS, BASELINE) if getattr(args, "baseline", None) else BACKENDS
+
+
 RATIO_TO = ("cookie", "floor", "redis", "redis-lru")
 # (endpoint, synchronous_commit): reads write nothing, so they run once, with
 # the server default (on); the write endpoint runs under both settings.
@@ -51,8 +60,11 @@ def start_backends(
     """A server per backend (stopped when ``stack`` closes), each with
     ``args.sessions`` sessions created and checked."""
     backends = {}
-    for name in BACKENDS:
-        port = stack.enter_context(app_server(name, {**env, "BENCH_BACKEND": name}, tmp, args))
+    for name in backend_names(args):
+        backend_env = {**env, "BENCH_BACKEND": name}
+        if name == BASELINE:
+            backend_env["PYTHONPATH"] = str(tmp / "baseline")
+        port = stack.enter_context(app_server(name, backend_env, tmp, args))
         cookies = create_sessions(port, args.sessions)
         check_sessions(name, port, cookies)
         cookie_file = tmp / f"{name}.cookies"
@@ -145,13 +157,14 @@ def pg_facts(dsn: str) -> dict[str, str]:
 def run_matrix(backends: dict[str, Backend], dsn: str, args: argparse.Namespace) -> Results:
     """Every block, every backend, ``args.reps`` times, backends interleaved:
     repetition r runs the backends starting at the r-th, so none is always first."""
-    results: Results = {block: {b: [] for b in BACKENDS} for block in BLOCKS}
+    names = tuple(backends)
+    results: Results = {block: {b: [] for b in names} for block in BLOCKS}
     log(f"warm-up: {args.warmup:g} s per backend and endpoint")
     for endpoint, _ in BLOCKS[:3]:
-        for backend in BACKENDS:
+        for backend in names:
             wrk(backends[backend].port, "/" + endpoint, backends[backend].cookie_file, args.warmup, args)
     for rep in range(args.reps):
-        order = BACKENDS[rep % len(BACKENDS) :] + BACKENDS[: rep % len(BACKENDS)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for block in BLOCKS:
             endpoint, sync = block
             set_synchronous_commit(dsn, sync)

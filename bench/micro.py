@@ -102,6 +102,7 @@ class _Rig:
 
         def run(i: int) -> Any:
             params = {"key": self.keys[i % COUNT], "data": self.payload, "ttl": ttl, "offset": 0.0}
+            params.update(version=None, userid=None, ip="127.0.0.1", ua="bench", cap=None)
             with self.raw.cursor() as cur:
                 cur.execute(statement, params)
                 return cur.fetchone() if cur.description else None
@@ -127,7 +128,7 @@ def _prepared(rig: _Rig) -> Statements:
     prepared on the rig's connection."""
     prepared = Statements(TABLE, prepare=True)
     with rig.raw.cursor() as cur:
-        for statement in (prepared.load, prepared.save, prepared.replace):
+        for statement in (prepared.load, prepared.save[0], prepared.replace_data):
             cur.execute(statement.prepare)
     return prepared
 
@@ -153,15 +154,18 @@ def _operations(rig: _Rig, rclient: redis.Redis) -> tuple[Ops, Ops, Ops]:
     }
     saves: Ops = {
         "PGStore.save_serialized (upsert)": lambda i: store.save_serialized(rig.session(i), payload, TIMEOUT),
-        "raw cursor, same upsert": rig.raw_statement(sql.save),
+        "raw cursor, same upsert": rig.raw_statement(sql.save[0]),
         "raw cursor, floor's upsert": rig.raw_statement(floor_save, TIMEOUT),
+        # What a request that changed its session writes: the data, the
+        # expiry left alone until it is due (a HOT update).
         "PGStore.replace_serialized (UPDATE)": lambda i: store.replace_serialized(
-            rig.session(i), payload, TIMEOUT
+            rig.session(i), payload, TIMEOUT, keep_expiry=True
         ),
-        "raw cursor, same UPDATE": rig.raw_statement(sql.replace),
-        "raw cursor, upsert with SET LOCAL sc=off": rig.raw_statement(async_sql.save),
-        "raw cursor, same upsert prepared": rig.raw_statement(prepared.save.execute),
-        "raw cursor, same UPDATE prepared": rig.raw_statement(prepared.replace.execute),
+        "raw cursor, same UPDATE": rig.raw_statement(sql.replace_data),
+        "raw cursor, UPDATE with the expiry": rig.raw_statement(sql.replace[0]),
+        "raw cursor, upsert with SET LOCAL sc=off": rig.raw_statement(async_sql.save[0]),
+        "raw cursor, same upsert prepared": rig.raw_statement(prepared.save[0].execute),
+        "raw cursor, same UPDATE prepared": rig.raw_statement(prepared.replace_data.execute),
         "redis SETEX (redis-py, for scale)": lambda i: rclient.setex(rkeys[i % COUNT], TIMEOUT, payload),
     }
     cpu: Ops = {

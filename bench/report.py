@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from matrix import BACKENDS, BLOCKS, RATIO_TO, Results
+from matrix import BLOCKS, RATIO_TO, Results
 from micro import MICRO_PAIRS
 from servers import BENCH
 
@@ -64,7 +64,7 @@ def matrix_table(results: Results) -> tuple[str, dict[str, Any]]:
     for block in BLOCKS:
         endpoint, sync = block
         per = results[block]
-        for backend in BACKENDS:
+        for backend in per:
             runs = per[backend]
             rps = [r["rps"] for r in runs]
             cells = []
@@ -148,12 +148,33 @@ def scale_table(scale: dict[str, Any]) -> str:
             f" {statistics.median(r['p50_us'] for r in runs) / 1000:7.2f}"
             f" {statistics.median(r['p99_us'] for r in runs) / 1000:7.2f}"
         )
+    listing = scale.get("listing")
+    if listing:
+        row = listing["sessions_of"]
+        lines.append(
+            f"one user's sessions (PGStore.sessions_of) among {scale['big_rows']} rows:"
+            f" median {row['median_us']:.1f} us, p99 {row['p99_us']:.1f} us; its plan:"
+        )
+        lines += [f"  {line}" for line in listing["plan"]]
     return "\n".join(lines)
 
 
 def _git(*args: str) -> str:
     done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
     return done.stdout.strip()
+
+
+def export_package(ref: str, directory: Path) -> None:
+    """Put the ``pyramid_pgstore`` package as it was at ``ref`` into
+    ``directory`` (``git archive``: nothing else of the checkout changes)."""
+    directory.mkdir(parents=True)
+    command = ["git", "-C", str(REPO), "archive", ref, "pyramid_pgstore"]
+    archive = subprocess.run(command, capture_output=True, check=True, timeout=60)
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True, timeout=60)
+
+
+def describe_ref(ref: str) -> str:
+    return _git("log", "-1", "--format=%h %s", ref)[:60]
 
 
 def library_version() -> str:
@@ -190,6 +211,8 @@ def print_header(args: argparse.Namespace, facts: dict[str, str], library: str) 
         f" (write also run with off), fsync {facts['fsync']}, wal_sync_method {facts['wal_sync_method']},"
         f" shared_buffers {facts['shared_buffers']}; redis: appendonly yes, appendfsync everysec, no RDB"
     )
+    if "baseline" in facts:
+        print(f"pgstore-base: pyramid_pgstore at {facts['baseline']}")
     print("req/s: median over repetitions; spread = (max - min) / median; p50/p99: wrk latency,")
     print("median over repetitions; /cookie /floor /redis /r-lru: median over repetitions of the req/s ratio")
     print("measured in the same repetition; others: most cores that other processes on the machine")

@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="an extra setting for the pgstore app, e.g. pgstore.synchronous_commit=false",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run pyramid_pgstore as it was at this git ref (say, the previous release)"
+        " as backend pgstore-base, on a table of its own",
+    )
     parser.add_argument("--skip", action="append", default=[], choices=("matrix", "micro", "scale"))
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = parser.parse_args(argv)
@@ -108,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = stack.enter_context(redis_server(tmp))
         floor.create_table(dsn)
         facts = pg_facts(dsn)
+        if args.baseline:
+            report.export_package(args.baseline, tmp / "baseline")
+            facts["baseline"] = f"{args.baseline} ({report.describe_ref(args.baseline)})"
         env = {
             **os.environ,
             "BENCH_SECRET": secrets.token_urlsafe(48),

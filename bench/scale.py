@@ -42,13 +42,16 @@ def fill_big_table(dsn: str, rows: int) -> tuple[int, int, str]:
         cur.execute(f"INSERT INTO {BIG} SELECT * FROM http_sessions")
         cur.execute("SELECT count(*) FROM http_sessions")
         small_rows = cur.fetchone()[0]
-        # Filler sessions, keyed like storage_key (sha256 hex), live for a day.
+        # Filler sessions, keyed like storage_key (sha256 hex), live for a day;
+        # nine in ten have a user, who has about ten sessions (devices).
         cur.execute(
-            f"INSERT INTO {BIG} (key, data, created_on, modified_on, expires_on)"
+            f"INSERT INTO {BIG} (key, data, created_on, modified_on, expires_on, userid, last_seen)"
             " SELECT encode(sha256(('filler-' || g)::bytea), 'hex'),"
             ' \'{"user":"user-\' || g || \'","csrf":"\' || md5(g::text) || \'","n":1}\','
-            " now(), now(), now() + interval '1 day' FROM generate_series(1, %s) AS g",
-            (rows - small_rows,),
+            " now(), now(), now() + interval '1 day',"
+            " CASE WHEN g %% 10 <> 0 THEN 'user-' || (g %% %s) END, now() - g * interval '1 ms'"
+            " FROM generate_series(1, %s) AS g",
+            (max(rows // 10, 1), rows - small_rows),
         )
         cur.execute(f"VACUUM ANALYZE http_sessions, {BIG}")
         cur.execute(f"SELECT count(*), pg_size_pretty(pg_total_relation_size('{BIG}')) FROM {BIG}")
@@ -75,6 +78,30 @@ def load_latency(dsn: str, ids: list[str], labels: tuple[str, str], rounds: int)
         return summarize(time_ops(loads, rounds))
     finally:
         small.close()
+        large.close()
+        shared.closeall()
+
+
+def listing_latency(dsn: str, rounds: int) -> dict[str, Any]:
+    """``PGStore.sessions_of`` of one user (about nine sessions) in :data:`BIG`,
+    and the plan PostgreSQL runs for it."""
+    shared = SimpleConnectionPool(1, 1, dsn)
+    large = PGStore.from_pool(shared, table=BIG, create_table=False)
+    try:
+        users = [f"user-{n}" for n in range(1, 1001)]
+        assert large.sessions_of(users[0])
+        timed = summarize(
+            time_ops({"sessions_of": lambda i: large.sessions_of(users[i % len(users)])}, rounds)
+        )
+        conn = shared.getconn()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("EXPLAIN (ANALYZE, COSTS OFF) " + large._sql.sessions_of, {"userid": users[1]})
+                plan = [line for (line,) in cur.fetchall()]
+        finally:
+            shared.putconn(conn)
+        return {"sessions_of": timed["sessions_of"], "plan": plan}
+    finally:
         large.close()
         shared.closeall()
 
@@ -111,5 +138,6 @@ def run_scale(
         "big_rows": big_rows,
         "big_size": big_size,
         "in_process": load_latency(dsn, ids, labels, args.micro_rounds * 2),
+        "listing": listing_latency(dsn, args.micro_rounds),
         "http": http_reads(env, pgstore, labels, tmp, args),
     }

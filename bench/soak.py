@@ -1,14 +1,21 @@
-"""Soak: real gunicorn workers under mixed session traffic, PostgreSQL restarted midway.
+"""Soak: real gunicorn workers under mixed session traffic, PostgreSQL restarted
+or failed over midway.
 
 Starts a throwaway PostgreSQL (as an unprivileged user when root) and
 ``gunicorn --preload`` with several sync workers serving a small session app
 on loopback. Simulated users, each with a cookie jar, log in, count (write),
 read and log out for a bounded time; halfway through, PostgreSQL is restarted
-(``pg_ctl restart -m fast``). Reports requests served, errors by kind and
-whether any fell outside the outage window, and sessions lost: every write
-acknowledged with a 200 must read back afterwards (must be 0).
+(``pg_ctl restart -m fast``), or, with ``--failover sync|async``, the primary
+of a primary and streaming replica pair (synchronous or asynchronous) is
+killed and the replica promoted a second later (``--promote-after``), the
+app on the pair's multi-host DSN. Reports requests served, errors by kind
+and whether any fell outside the outage window, the latency tail during the
+outage, and sessions lost: every write acknowledged with a 200 must read
+back afterwards. ``--failover-timeout`` is ``pgstore.failover_timeout``
+(0: fail at once instead of waiting for a writable server).
 
 Usage: .venv/bin/python bench/soak.py [--seconds 60] [--users 24] [--workers 3]
+       [--failover none|sync|async] [--promote-after 1] [--failover-timeout 5]
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from servers import BENCH, DATABASE, LoadThreads, postgres, wait_for
 
 from pyramid_pgstore import StoreUnavailable
 from pyramid_pgstore.localdb import free_port
+from pyramid_pgstore.localpair import ReplicaPair
 
 
 def make_app() -> object:
@@ -64,7 +72,8 @@ def make_app() -> object:
         "pgstore.dsn": os.environ["PGSTORE_DSN"],
         "pgstore.secret": "soak-" + "s" * 48,
         "pgstore.pool_max": "4",
-        "pgstore.pool_timeout": "2",
+        "pgstore.pool_timeout": os.environ.get("SOAK_POOL_TIMEOUT", "2"),
+        "pgstore.failover_timeout": os.environ.get("SOAK_FAILOVER_TIMEOUT", "5"),
     }
     with Configurator(settings=settings) as config:
         config.include("pyramid_pgstore")
@@ -96,12 +105,14 @@ class User:
 
 
 @contextlib.contextmanager
-def gunicorn(dsn: str, workers: int) -> Iterator[str]:
-    """``gunicorn --preload`` with ``workers`` sync workers serving
+def gunicorn(dsn: str, args: argparse.Namespace) -> Iterator[str]:
+    """``gunicorn --preload`` with ``args.workers`` sync workers serving
     :func:`make_app` on ``dsn``; yields its URL once ``/read`` answers. Its
     warnings go to this terminal; it is terminated on the way out."""
     port = free_port()
+    workers = args.workers
     env = {**os.environ, "PGSTORE_DSN": dsn, "PYTHONPATH": str(BENCH.parent)}
+    env.update(SOAK_FAILOVER_TIMEOUT=str(args.failover_timeout), SOAK_POOL_TIMEOUT=str(args.pool_timeout))
     argv = [sys.executable, "-m", "gunicorn", "--preload", "-w", str(workers), "-b", f"127.0.0.1:{port}"]
     argv += ["--pythonpath", str(BENCH), "--log-level", "warning", "soak:make_app()"]
     server = subprocess.Popen(argv, env=env)
@@ -134,7 +145,7 @@ class Crowd(LoadThreads):
     def __init__(self, url: str, count: int) -> None:
         super().__init__(count)
         self.url = url
-        self.events: list[tuple[float, str, int | str]] = []
+        self.events: list[tuple[float, str, int | str, float]] = []
         self.users: list[User] = []
         self.lock = threading.Lock()
 
@@ -152,9 +163,10 @@ class Crowd(LoadThreads):
                 action = "login"
             else:
                 action = rng.choices(["incr", "read", "logout"], weights=[5, 4, 1])[0]
+            started = time.monotonic()
             status, body = user.call("/" + action)
             with self.lock:
-                self.events.append((time.monotonic(), action, status))
+                self.events.append((started, action, status, time.monotonic() - started))
             if status == 200:
                 if action in ("login", "incr"):
                     user.acked = body["n"]
@@ -186,19 +198,38 @@ def report(
     margin = 1.0
     by_kind: collections.Counter = collections.Counter()
     outside = collections.Counter()
-    for at, action, status in events:
+    during = []  # latencies of requests started in the outage window
+    for at, action, status, seconds in events:
+        if outage_start - margin <= at <= outage_end + margin:
+            during.append(seconds)
         if status != 200:
             by_kind[f"{action} -> {status}"] += 1
             if not outage_start - margin <= at <= outage_end + margin:
                 outside[f"{action} -> {status}"] += 1
-    served = sum(1 for _, _, status in events if status == 200)
-    print(f"\nsoak: {args.seconds:g} s, {args.users} users, gunicorn --preload -w {args.workers}")
+    served = sum(1 for _, _, status, _ in events if status == 200)
+    what = (
+        "restart (pg_ctl restart -m fast)"
+        if args.failover == "none"
+        else (f"failover ({args.failover} standby: kill, promote {args.promote_after:g} s later)")
+    )
+    print(
+        f"\nsoak: {args.seconds:g} s, {args.users} users, gunicorn --preload -w {args.workers},"
+        f" pgstore.failover_timeout {args.failover_timeout:g}, pool_timeout {args.pool_timeout:g}"
+    )
     print(f"requests: {len(events):,} ({len(events) / args.seconds:,.0f}/s), 200: {served:,}")
-    print(f"restart (pg_ctl restart -m fast) took {outage_end - outage_start:.2f} s")
+    print(f"{what} took {outage_end - outage_start:.2f} s")
     print(f"errors by kind: {dict(by_kind) or 'none'}")
     print(f"errors outside the outage window (+-{margin:g} s): {dict(outside) or 'none'}")
-    print(f"sessions checked: {checked}, lost: {lost}")
-    return 1 if lost or outside else 0
+    if during:
+        during.sort()
+        p50 = during[len(during) // 2]
+        p99 = during[min(len(during) - 1, int(len(during) * 0.99))]
+        print(
+            f"latency of the {len(during)} requests in the window: p50 {p50 * 1000:.0f} ms,"
+            f" p99 {p99 * 1000:.0f} ms, max {during[-1] * 1000:.0f} ms"
+        )
+    print(f"sessions checked: {checked}, acknowledged writes lost: {lost}")
+    return 1 if (lost and args.failover != "async") or outside else 0
 
 
 def main() -> int:
@@ -208,18 +239,32 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--users", type=int, default=24)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--failover", choices=("none", "sync", "async"), default="none")
+    parser.add_argument("--promote-after", type=float, default=1.0, metavar="SECONDS")
+    parser.add_argument("--failover-timeout", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument("--pool-timeout", type=float, default=5.0, metavar="SECONDS")
     args = parser.parse_args()
 
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        postgres(Path(tmp) / "pg") as server,
-        gunicorn(server.dsn(DATABASE), args.workers) as url,
-    ):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if args.failover == "none":
+            server = stack.enter_context(postgres(Path(tmp) / "pg"))
+            dsn, pair = server.dsn(DATABASE), None
+        else:
+            pair = ReplicaPair(Path(tmp), synchronous=args.failover == "sync", dbname=DATABASE)
+            stack.callback(pair.stop)
+            pair.start()
+            dsn = pair.dsn
+        url = stack.enter_context(gunicorn(dsn, args))
         started = time.monotonic()
         with Crowd(url, args.users) as crowd:
             time.sleep(args.seconds / 2)
             outage_start = time.monotonic()
-            server.restart("fast")
+            if pair is None:
+                server.restart("fast")
+            else:
+                pair.kill_primary()
+                time.sleep(args.promote_after)  # a failover tool deciding
+                pair.promote()
             outage_end = time.monotonic()
             time.sleep(max(0.0, started + args.seconds - time.monotonic()))
         checked, lost = crowd.check()

@@ -309,6 +309,15 @@ def pg_ctl_main(argv: list[str] | None = None) -> None:
     stop.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(
+            "usage: pgstore-pg-ctl PG_CTL_ARGUMENTS...\n\n"
+            f"Runs ${PG_CTL_ENV} (the real pg_ctl) with the arguments; started by root\n"
+            f"with ${RUN_AS_ENV} set, as that user, after giving it the data directory's\n"
+            "parent. For tools that start PostgreSQL through one executable\n"
+            "(pytest-postgresql); pyramid_pgstore.localdb.LocalPostgres needs none."
+        )
+        return
     pg_ctl = os.environ.get(PG_CTL_ENV)
     if not pg_ctl:
         sys.exit(f"pgstore-pg-ctl: set {PG_CTL_ENV} to the path of PostgreSQL's pg_ctl")

@@ -27,6 +27,8 @@ def sessions_table(metadata: MetaData, name: str = "http_sessions", schema_name:
     in migrations. ``name`` and ``schema_name`` as in ``pgstore.table``
     (``schema.name``)."""
     table_name = name if schema_name is None else f"{schema_name}.{name}"
+    if table_name in metadata.tables:  # an Alembic env.py runs more than once in a process
+        return metadata.tables[table_name]
     _, expires_index, userid_index = (part.strip('"') for part in schema.names(table_name))
     timestamp = TIMESTAMP(timezone=True)
     return Table(
@@ -52,14 +54,30 @@ _ENGINES = "pyramid_pgstore.engines"  # registry key: {settings prefix: engine}
 
 
 def engine_for(registry: Registry, prefix: str = "sqlalchemy.") -> Engine:
-    """The app's engine for the settings under ``prefix``, made once per
-    registry with SQLAlchemy's ``engine_from_config``: ``pgstore.engine =
-    sqlalchemy.`` takes its connections from this engine, so an app that
-    builds its own engine with this function too has one pool, not two."""
+    """The app's engine for the settings under ``prefix``: the one
+    :func:`register_engine` gave, else one made (once per registry) with
+    SQLAlchemy's ``engine_from_config``. ``pgstore.engine = sqlalchemy.``
+    takes its connections from this engine, so an app that gets its engine
+    here too has one pool, not two."""
     engines = registry.setdefault(_ENGINES, {})  # type: ignore[attr-defined]
     if prefix not in engines:
         engines[prefix] = sqlalchemy.engine_from_config(registry.settings, prefix)
     return engines[prefix]
+
+
+def register_engine(registry: Registry, engine: Engine, prefix: str = "sqlalchemy.") -> None:
+    """Make ``engine`` the app's engine for ``prefix`` (a test's engine, the
+    cookiecutter's ``dbengine`` setting), for :func:`engine_for` and
+    ``pgstore.engine``: before ``config.include('pyramid_pgstore')``.
+
+    :raises ValueError: another engine is already the one for ``prefix``.
+    """
+    engines = registry.setdefault(_ENGINES, {})  # type: ignore[attr-defined]
+    if engines.get(prefix, engine) is not engine:
+        raise ValueError(
+            f"an engine for {prefix!r} was made already (include pyramid_pgstore after registering yours)"
+        )
+    engines[prefix] = engine
 
 
 class EngineCheckout(Checkout):

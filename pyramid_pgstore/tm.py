@@ -23,6 +23,7 @@ pyramid_tm, transaction or zope.sqlalchemy unless ``shared`` is used.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from pyramid.request import Request
@@ -30,6 +31,8 @@ from pyramid.response import Response
 
 from .cookie import vary_on_cookie
 from .store import PGStore
+
+log = logging.getLogger("pyramid_pgstore")
 
 MODES = ("auto", "shared", "none")
 
@@ -116,7 +119,9 @@ class _SessionWrite:
         self.session._finish_now(self.request, self.response)
 
     def abort(self, transaction: Any) -> None:
-        pass  # nothing was written
+        # Nothing was written. Say so: a view that raised, even HTTPFound, or
+        # a commit veto, aborts pyramid_tm's transaction, and with it the session.
+        log.info("session changes not saved: the request's transaction was aborted")
 
     def tpc_begin(self, transaction: Any) -> None:
         pass

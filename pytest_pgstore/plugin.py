@@ -8,6 +8,7 @@ pytest-postgresql fixtures are left alone.
 Fixtures: ``pgstore_dsn``, ``pgstore_url``, ``pgstore_store``,
 ``pgstore_settings``, ``pgstore_sessions``, ``pgstore_clock``,
 ``pgstore_pgbouncer_settings``, ``pgstore_pgbouncer_store`` (per test);
+``pgstore_replica_pair``, ``pgstore_replica_pair_factory`` (per test, servers of their own);
 ``pgstore_server``, ``pgstore_proc`` and ``pgstore_pgbouncer_dsn`` (per
 session, or per worker under pytest-xdist, whose workers share one server).
 """
@@ -152,41 +153,6 @@ def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
         admin.close()
 
 
-# Empties every table of the database in one round trip (about a millisecond),
-# instead of creating a database per test (tens of milliseconds).
-_EMPTY_ALL_TABLES = """
-DO $$
-DECLARE tables text;
-BEGIN
-  SELECT string_agg(format('%I.%I', schemaname, tablename), ', ') INTO tables
-    FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema');
-  IF tables IS NOT NULL THEN
-    EXECUTE 'TRUNCATE ' || tables || ' RESTART IDENTITY CASCADE';
-  END IF;
-END $$
-"""
-
-
-# Empties only the tables pyramid_pgstore made: those with its comment
-# (schema 2 on), or with its first layout's exact columns.
-_EMPTY_SESSION_TABLES = """
-DO $$
-DECLARE tables text;
-BEGIN
-  SELECT string_agg(c.oid::regclass::text, ', ') INTO tables
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND (obj_description(c.oid, 'pg_class') LIKE 'pyramid_pgstore schema %'
-           OR ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0
-                    AND NOT attisdropped ORDER BY attnum)
-              = ARRAY['key', 'data', 'created_on', 'modified_on', 'expires_on']);
-  IF tables IS NOT NULL THEN
-    EXECUTE 'TRUNCATE ' || tables;
-  END IF;
-END $$
-"""
-
-
 @pytest.fixture(scope="session")
 def _pgstore_emptying(request: pytest.FixtureRequest) -> str:
     what = _option(request.config, "empty") or "all"
@@ -194,7 +160,7 @@ def _pgstore_emptying(request: pytest.FixtureRequest) -> str:
         pytest.fail(
             f"pytest_pgstore: --pgstore-empty must be 'all' or 'sessions', not {what!r}", pytrace=False
         )
-    return _EMPTY_ALL_TABLES if what == "all" else _EMPTY_SESSION_TABLES
+    return what
 
 
 @pytest.fixture(scope="session")
@@ -224,8 +190,11 @@ def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying
     """
     from pyramid_pgstore import testing
 
-    with _pgstore_janitor.cursor() as cur:
-        cur.execute(_pgstore_emptying)
+    from .janitor import empty
+
+    problem = empty(_pgstore_janitor, _pgstore_emptying)
+    if problem:
+        pytest.fail(f"pytest_pgstore: {problem}", pytrace=False)
     yield pgstore_server.dsn
     testing.close_stores({pgstore_server.dsn, *_BOUNCER_DSNS})
 
@@ -381,3 +350,18 @@ def pgstore_clock() -> Iterator[StoreClock]:
 
     yield StoreClock()
     testing.reset_clock()
+
+
+@pytest.fixture
+def pgstore_replica_pair_factory(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``make(synchronous=False, ...)`` starts a primary and a streaming replica (a ``ReplicaPair``
+    of ``pytest_pgstore.replication``), stopped after the test; skipped without ``pg_basebackup``."""
+    from .replication import pair_factory
+
+    yield from pair_factory(_option(request.config, "pg_bindir"), _run_as(request.config), request)
+
+
+@pytest.fixture
+def pgstore_replica_pair(pgstore_replica_pair_factory: Any) -> Any:
+    """An asynchronous primary and replica: ``pgstore_replica_pair_factory()``."""
+    return pgstore_replica_pair_factory()

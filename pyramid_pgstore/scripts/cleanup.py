@@ -117,10 +117,8 @@ class _Progress:
 def _report(result: CleanupResult, table: str) -> str:
     if result.skipped:
         return f"another cleaner is running on {table}; nothing done"
-    return (
-        f"deleted {result.deleted:,} expired sessions from {table} "
-        f"in {result.batches} batches, {result.seconds:.2f} s"
-    )
+    batches = "1 batch" if result.batches == 1 else f"{result.batches} batches"
+    return f"deleted {result.deleted:,} expired sessions from {table} in {batches}, {result.seconds:.2f} s"
 
 
 def _say(message: str) -> None:
