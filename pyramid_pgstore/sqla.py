@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy
 from psycopg2.extensions import connection as Connection
 from pyramid.registry import Registry
-from sqlalchemy import Column, Index, MetaData, Table, Text, text
+from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table, Text, text
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.engine import Engine
 
@@ -34,7 +34,7 @@ def sessions_table(metadata: MetaData, name: str = "http_sessions", schema_name:
     return Table(
         name,
         metadata,
-        Column("key", Text, primary_key=True),
+        Column("key", Text),
         Column("data", Text, nullable=False),
         Column("created_on", timestamp, nullable=False),
         Column("modified_on", timestamp, nullable=False),
@@ -43,6 +43,8 @@ def sessions_table(metadata: MetaData, name: str = "http_sessions", schema_name:
         Column("ip", Text),
         Column("user_agent", Text),
         Column("last_seen", timestamp),
+        # PostgreSQL's own name, whatever naming convention the metadata has
+        PrimaryKeyConstraint("key", name=f"{name[:58]}_pkey"),
         Index(expires_index, "expires_on"),
         Index(userid_index, "userid", postgresql_using="hash", postgresql_where=text("userid IS NOT NULL")),
         schema=schema_name,

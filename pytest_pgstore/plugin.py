@@ -355,7 +355,7 @@ def pgstore_clock() -> Iterator[StoreClock]:
 @pytest.fixture
 def pgstore_replica_pair_factory(request: pytest.FixtureRequest) -> Iterator[Any]:
     """``make(synchronous=False, ...)`` starts a primary and a streaming replica (a ``ReplicaPair``
-    of ``pytest_pgstore.replication``), stopped after the test; skipped without ``pg_basebackup``."""
+    of ``pyramid_pgstore.localpair``), stopped after the test; skipped without ``pg_basebackup``."""
     from .replication import pair_factory
 
     yield from pair_factory(_option(request.config, "pg_bindir"), _run_as(request.config), request)

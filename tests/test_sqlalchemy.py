@@ -242,6 +242,16 @@ def test_the_engine_backed_store_waits_discards_and_leaves_nothing_checked_out(p
     engine.dispose()
 
 
+# pyramid-cookiecutter-starter's models/meta.py
+COOKIECUTTER_NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 def catalog(dsn, schema):
     conn = psycopg2.connect(dsn)
     try:
@@ -273,7 +283,7 @@ def test_the_sqlalchemy_table_is_the_table_the_store_creates(pgstore_dsn, pgstor
     conn.close()
     PGStore(pgstore_dsn, table="by_store.http_sessions").close()
     engine = sqlalchemy.create_engine(pgstore_url)
-    metadata = MetaData()
+    metadata = MetaData(naming_convention=COOKIECUTTER_NAMING)  # must not rename the key
     sessions_table(metadata, schema_name="by_alembic")
     metadata.create_all(engine)
     engine.dispose()
