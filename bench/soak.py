@@ -10,12 +10,16 @@ of a primary and streaming replica pair (synchronous or asynchronous) is
 killed and the replica promoted a second later (``--promote-after``), the
 app on the pair's multi-host DSN. Reports requests served, errors by kind
 and whether any fell outside the outage window, the latency tail during the
-outage, and sessions lost: every write acknowledged with a 200 must read
-back afterwards. ``--failover-timeout`` is ``pgstore.failover_timeout``
-(0: fail at once instead of waiting for a writable server).
+outage, and acknowledged writes lost: each user's requests are sequential,
+so a counter read back lower than the one a 200 acknowledged is a loss.
+``--failover-timeout`` is ``pgstore.failover_timeout`` (0: fail at once
+instead of waiting for a writable server). ``--lag N``
+(async only) stops the standby N seconds before the kill, so that it misses
+what the primary acknowledged meanwhile: what an asynchronous failover loses.
 
 Usage: .venv/bin/python bench/soak.py [--seconds 60] [--users 24] [--workers 3]
        [--failover none|sync|async] [--promote-after 1] [--failover-timeout 5]
+       [--pool-timeout 5] [--lag 0]
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ class Crowd(LoadThreads):
         self.url = url
         self.events: list[tuple[float, str, int | str, float]] = []
         self.users: list[User] = []
+        self.regressions: list[tuple[float, int]] = []  # (time, writes lost) seen by a user
         self.lock = threading.Lock()
 
     def _new_user(self) -> User:
@@ -168,6 +173,12 @@ class Crowd(LoadThreads):
             with self.lock:
                 self.events.append((started, action, status, time.monotonic() - started))
             if status == 200:
+                # A user's requests are sequential: a counter lower than the
+                # one acknowledged (or no session) means writes were lost.
+                seen = body["n"] if action != "incr" else body["n"] - 1
+                if action in ("read", "incr") and user.acked is not None and (seen or 0) < user.acked:
+                    with self.lock:
+                        self.regressions.append((started, user.acked - (seen or 0)))
                 if action in ("login", "incr"):
                     user.acked = body["n"]
                 elif action == "logout":
@@ -190,10 +201,12 @@ class Crowd(LoadThreads):
 
 
 def report(
-    args: argparse.Namespace, events: list, outage: tuple[float, float], checked: int, lost: int
+    args: argparse.Namespace, crowd: Crowd, outage: tuple[float, float], checked: int, lost: int
 ) -> int:
-    """Print what was served and what failed; 1 if a session was lost or a
-    request failed outside the outage window (widened by a second), else 0."""
+    """Print what was served and what failed; 1 if an acknowledged write was
+    lost (without ``--failover async``) or a request failed outside the outage
+    window (widened by a second), else 0."""
+    events = crowd.events
     outage_start, outage_end = outage
     margin = 1.0
     by_kind: collections.Counter = collections.Counter()
@@ -212,6 +225,8 @@ def report(
         if args.failover == "none"
         else (f"failover ({args.failover} standby: kill, promote {args.promote_after:g} s later)")
     )
+    if args.lag:
+        what += f", the standby stopped {args.lag:g} s before the kill"
     print(
         f"\nsoak: {args.seconds:g} s, {args.users} users, gunicorn --preload -w {args.workers},"
         f" pgstore.failover_timeout {args.failover_timeout:g}, pool_timeout {args.pool_timeout:g}"
@@ -228,8 +243,13 @@ def report(
             f"latency of the {len(during)} requests in the window: p50 {p50 * 1000:.0f} ms,"
             f" p99 {p99 * 1000:.0f} ms, max {during[-1] * 1000:.0f} ms"
         )
-    print(f"sessions checked: {checked}, acknowledged writes lost: {lost}")
-    return 1 if (lost and args.failover != "async") or outside else 0
+    regressed = len(crowd.regressions)
+    writes = sum(count for _, count in crowd.regressions)
+    print(
+        f"acknowledged writes lost: {writes}, seen by {regressed} users on their next request"
+        f"; at the end, of {checked} sessions checked, {lost} behind"
+    )
+    return 1 if ((lost or regressed) and args.failover != "async") or outside else 0
 
 
 def main() -> int:
@@ -243,7 +263,10 @@ def main() -> int:
     parser.add_argument("--promote-after", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--failover-timeout", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--pool-timeout", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument("--lag", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args()
+    if args.lag and args.failover != "async":
+        parser.error("--lag needs --failover async (a synchronous standby cannot fall behind)")
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if args.failover == "none":
@@ -257,18 +280,23 @@ def main() -> int:
         url = stack.enter_context(gunicorn(dsn, args))
         started = time.monotonic()
         with Crowd(url, args.users) as crowd:
-            time.sleep(args.seconds / 2)
+            time.sleep(args.seconds / 2 - args.lag)
+            if args.lag:
+                pair.replica.stop()  # it falls behind: the primary's writes go on, unreplicated
+                time.sleep(args.lag)
             outage_start = time.monotonic()
             if pair is None:
                 server.restart("fast")
             else:
                 pair.kill_primary()
+                if args.lag:
+                    pair.replica.start()
                 time.sleep(args.promote_after)  # a failover tool deciding
                 pair.promote()
             outage_end = time.monotonic()
             time.sleep(max(0.0, started + args.seconds - time.monotonic()))
         checked, lost = crowd.check()
-    return report(args, crowd.events, (outage_start, outage_end), checked, lost)
+    return report(args, crowd, (outage_start, outage_end), checked, lost)
 
 
 if __name__ == "__main__":
