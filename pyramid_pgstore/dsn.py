@@ -26,7 +26,11 @@ def connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
     seconds = max(2, int(pool_timeout + 0.999))
     if "connect_timeout" not in given:
         # libpq waits forever by default; 2 s is its smallest effective value.
-        kwargs["connect_timeout"] = seconds
+        # It applies to each host in turn: with several (a failover setup),
+        # one that is down without answering must not hold every new
+        # connection for a whole pool_timeout before the next is tried.
+        several = "," in given.get("host", "") or "," in given.get("hostaddr", "")
+        kwargs["connect_timeout"] = 2 if several else seconds
     if "application_name" not in given:
         kwargs["application_name"] = "pyramid_pgstore"
     # A network cut or a frozen host would otherwise block a statement until

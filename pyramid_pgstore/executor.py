@@ -99,8 +99,12 @@ class Executor:
         self.queries = 0  # round trips; approximate under threads (no lock on the hot path)
         self._prepared = PreparedStatements()
 
-    def run(self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
-        """Run one statement and return ``result(cursor)``.
+    def run(
+        self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T], *, watched: bool = True
+    ) -> T:
+        """Run one statement and return ``result(cursor)``; ``watched``: cancel
+        it past ``commit_timeout`` (False for schema changes and table scans,
+        which may rightly take longer than any request).
 
         A connection that breaks under it (a restart, a network cut,
         ``pg_terminate_backend``), or whose server turns out read-only (a
@@ -119,7 +123,7 @@ class Executor:
         tried_again = False
         while True:
             try:
-                return self._once(sql, params, result)
+                return self._once(sql, params, result, self.commit_timeout if watched else None)
             except _Retry as retry:
                 if retry.immediately and not tried_again:
                     log.warning("%s; trying again", redact(retry.reason))
@@ -129,17 +133,19 @@ class Executor:
                     time.sleep(_FAILOVER_POLL)
                 tried_again = True
 
-    def _once(self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
+    def _once(
+        self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T], timeout: float | None
+    ) -> T:
         try:
             conn = self.checkout.getconn()
         except PoolTimeout:
             raise
         except StoreUnavailable as exc:  # no server to connect to (down, being promoted)
             raise _Retry(str(exc), immediately=False) from exc
-        broken = False
+        broken = canceled = False
         try:
             with conn.cursor() as cur:
-                watch = _watchdog.start(conn, self.commit_timeout)
+                watch = _watchdog.start(conn, timeout)
                 try:
                     if isinstance(sql, str):
                         self.queries += 1
@@ -147,7 +153,7 @@ class Executor:
                     else:
                         self.queries += self._prepared.execute(cur, sql, params)
                 finally:
-                    _watchdog.stop(watch)
+                    canceled = _watchdog.stop(watch)
                 if _read_only(conn):
                     raise _ReadOnly
                 found = result(cur)
@@ -168,7 +174,8 @@ class Executor:
             broken = True
             raise _Retry(f"lost the database connection ({str(exc).strip()})", immediately=True) from exc
         finally:
-            self.checkout.putconn(conn, broken)
+            # A canceled connection is not reused: the cancel might still reach its next statement.
+            self.checkout.putconn(conn, broken or canceled)
 
     @contextmanager
     def hold_lock(
@@ -217,7 +224,9 @@ class TransactionExecutor:
         self.after = after
         self.queries = 0
 
-    def run(self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T]) -> T:
+    def run(
+        self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T], *, watched: bool = True
+    ) -> T:
         params["offset"] = testing.clock.offset
         self.queries += 1
         try:

@@ -62,12 +62,12 @@ class ExpiredRows:
 
     def count_expired(self) -> int:
         """How many expired rows are waiting for cleanup (a full count)."""
-        return self._run(self._sql.count_expired, {}, scalar)
+        return self._run(self._sql.count_expired, {}, scalar, watched=False)  # a scan: no commit_timeout
 
     def table_stats(self) -> dict[str, int]:
         """Live and expired row counts, table and index sizes in bytes."""
         live, expired, table_bytes, index_bytes = self._run(
-            self._sql.table_stats, {"table": self._sql.quoted_table}, one
+            self._sql.table_stats, {"table": self._sql.quoted_table}, one, watched=False
         )
         return {"live": live, "expired": expired, "table_bytes": table_bytes, "index_bytes": index_bytes}
 

@@ -148,6 +148,11 @@ def write_merging(
         fresh = reload()
         if fresh is None:
             return False
+        if fresh.payload == payload:
+            # What this try would write is there: most likely this very write,
+            # done before a lost connection made it look failed (the executor
+            # sends it again). Merging again would add its flashes twice.
+            return write(fresh, data, payload, fresh.version)
         delta = delta or changes(store.serializer, loaded.payload, current)
         data = delta.apply(fresh.data)
         payload = encode(store.serializer, data)

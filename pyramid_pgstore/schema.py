@@ -145,7 +145,8 @@ def locked(statements: list[str]) -> str:
 
 def inspect(executor: Executor, quoted: str) -> TableState:
     """What is in the database under the (quoted) table name: one statement."""
-    exists, comment, columns = executor.run(INSPECT, {"table": quoted}, one) or (False, None, ())
+    found = executor.run(INSPECT, {"table": quoted}, one, watched=False)
+    exists, comment, columns = found or (False, None, ())
     return TableState(exists, comment, frozenset(columns or ()))
 
 
@@ -158,7 +159,8 @@ def prepare(executor: Executor, table: str, quoted: str) -> list[str]:
     """
     needed = _needed(table, inspect(executor, quoted))
     if needed:
-        executor.run(locked(needed), {"table": quoted}, nothing)
+        # An upgrade builds an index in one scan of the table: no commit_timeout.
+        executor.run(locked(needed), {"table": quoted}, nothing, watched=False)
         log.info("table %s: %s", table, "; ".join(needed))
     return needed
 

@@ -19,19 +19,18 @@ be gone (another request logged out, logged in or revoked it meanwhile)
 leaves the cookie alone, since the browser may already hold a newer one,
 and drops its write (logged at debug level).
 
-Methods that change the session are wrapped by :func:`_changes`; every other
-dict method only reads.
+The dict methods, flash queues and CSRF token are in
+:mod:`pyramid_pgstore.sessiondict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from pyramid.interfaces import ISession
 from pyramid.request import Request
@@ -41,32 +40,18 @@ from zope.interface import implementer
 from . import testing, tm
 from .cookie import SessionCookie, new_session_id, vary_on_cookie
 from .lifetime import Lifetime
-from .merge import FLASH_PREFIX, write_merging
+from .merge import write_merging
 from .options import SessionOptions
 from .records import SessionRecord, client_fields, storage_key
 from .serializer import check, encode
+from .sessiondict import SessionDict
 from .store import PGStore
 
 log = logging.getLogger("pyramid_pgstore")
-F = TypeVar("F", bound=Callable[..., Any])
-
-_CSRF_KEY = "_csrft_"
-
-
-def _changes(method: F) -> F:
-    """Mark a dict method as one that changes the session (to be saved)."""
-
-    def changing(self: PGStoreSession, *args: Any, **kwargs: Any) -> Any:
-        self.changed()
-        return method(self, *args, **kwargs)
-
-    changing.__name__ = method.__name__
-    changing.__doc__ = method.__doc__
-    return changing  # type: ignore[return-value]
 
 
 @implementer(ISession)
-class PGStoreSession(dict):
+class PGStoreSession(SessionDict):
     """One request's session. Created by the factory, configured by it.
 
     Changes are saved when the response is finished. A change inside a nested
@@ -99,8 +84,8 @@ class PGStoreSession(dict):
         # the commit, "shared" runs it in the app's database transaction.
         mode = self.options.transaction
         self._at_commit = mode == "auto" and tm.managed(request)
-        self._ending: str | None = None  # with _at_commit: invalidate() ends it at commit
         self._renew_asked = False  # with _at_commit: renew() gives a new id at commit
+        self._logged_out = False  # a session was ended outside any transaction: it stays ended
         if mode == "shared" and tm.managed(request):
             self.store = tm.shared_store(self.store, request, self.options.dbsession)
         session_id, current_secret = self.cookie.read(request)
@@ -158,10 +143,7 @@ class PGStoreSession(dict):
         later in the request: that data goes to a brand-new session id.
         """
         if self._id is not None:
-            if self._at_commit:
-                self._ending = self._id
-            else:
-                self.store.end(self._id)
+            self._end(self._id)
             self._delete_cookie = True
         self._id = None
         self._loaded = None
@@ -170,6 +152,18 @@ class PGStoreSession(dict):
         self.new = True
         self.created = time.time() + testing.clock.offset
         self._finish_with_response()
+
+    def _end(self, session_id: str) -> None:
+        """End a stored session now. A logout must stand whatever the
+        request's transaction does, so it does not wait for pyramid_tm's
+        commit, and runs on the store's own connections, outside the app's
+        transaction (``shared``), unless this request wrote the row in that
+        transaction already (a renew), where only the transaction sees it."""
+        if self._cookie_due:
+            self.store.end(session_id)
+        else:
+            type(self).store.end(session_id)
+            self._logged_out = True
 
     def renew(self) -> None:
         """Give the stored session a new id now, keeping its data (and this
@@ -194,43 +188,12 @@ class PGStoreSession(dict):
         self._cookie_due = True
         self._finish_with_response()
 
-    __setitem__ = _changes(dict.__setitem__)
-    __delitem__ = _changes(dict.__delitem__)
-    clear = _changes(dict.clear)
-    pop = _changes(dict.pop)
-    popitem = _changes(dict.popitem)
-    setdefault = _changes(dict.setdefault)
-    update = _changes(dict.update)
-    __ior__ = _changes(dict.__ior__)
-
-    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
-        storage = self.setdefault(FLASH_PREFIX + queue, [])
-        if allow_duplicate or msg not in storage:
-            storage.append(msg)
-
-    def pop_flash(self, queue: str = "") -> list[Any]:
-        return self.pop(FLASH_PREFIX + queue, [])
-
-    def peek_flash(self, queue: str = "") -> list[Any]:
-        return self.get(FLASH_PREFIX + queue, [])
-
-    def new_csrf_token(self) -> str:
-        token = secrets.token_hex(20)
-        self[_CSRF_KEY] = token
-        return token
-
-    def get_csrf_token(self) -> str:
-        token = self.get(_CSRF_KEY)
-        if token is None:
-            token = self.new_csrf_token()
-        return token
-
     # -- finishing the response -----------------------------------------------
 
     def _finish_with_response(self) -> None:
         if not self._finishing and self.request is not None:
             self._finishing = True
-            self.request.add_response_callback(self._finish)
+            self.request.add_response_callback(self._finish_late)
 
     def _finish(self, request: Request, response: Response) -> None:
         """Write what changed (one statement, unless another request wrote
@@ -244,12 +207,16 @@ class PGStoreSession(dict):
         self._finished = True
         self._finish_now(request, response)
 
+    def _finish_late(self, request: Request, response: Response) -> None:
+        """:meth:`_finish` as a response callback (no session tween: a factory
+        set in code): pyramid_tm's transaction is over by then, so the write
+        is made as with ``transaction = none``, on the store's own connections."""
+        self.store = type(self).store
+        self._finish(request, response)
+
     def _finish_now(self, request: Request, response: Response) -> None:
         """:meth:`_finish` without its run-once guard (what a transaction's commit calls)."""
         self.request = None  # the session outlives the request in some apps
-        if self._ending is not None:  # invalidate() under pyramid_tm: now that it commits
-            self.store.end(self._ending)
-            self._ending = None
         if not self.options.set_on_exception and getattr(request, "exception", None) is not None:
             self._send_done_changes(response)  # only what already happened to the row
             return
@@ -258,6 +225,24 @@ class PGStoreSession(dict):
             # cache must not serve it to a request with another cookie.
             vary_on_cookie(response)
         self._save(request, response)
+
+    def _logged_out_by_forget(self) -> bool:
+        """The loaded session had a user, and this request removed it."""
+        loaded = self._loaded
+        return loaded is not None and self._owner_of(loaded.data) is not None and self.owner is None
+
+    def _abandon(self, response: Response) -> None:
+        """The request's transaction aborted (pyramid_tm, ``auto``): nothing
+        it changed is saved, and the cookie is left alone, except that a
+        logout stands: ``invalidate()`` has ended the session already, and
+        ``forget()`` ends it now (with whatever else it held)."""
+        self.request = None
+        if self._id is not None and self._logged_out_by_forget():
+            self._end(self._id)
+            self._id = self._loaded = None
+            self._delete_cookie = True
+        if self._delete_cookie and self._id is None:
+            self.cookie.delete(response)
 
     def _send_done_changes(self, response: Response) -> None:
         if self._id is not None and self._cookie_due:
@@ -276,9 +261,9 @@ class PGStoreSession(dict):
         renew = self._renew_asked or (
             self.options.renew_on_login and self._owner_of(loaded.data) != self.owner
         )
-        if renew and not self:
+        if renew and not self and self._logged_out_by_forget():
             # Its user logged out (forget()) and nothing is left: end it, as invalidate().
-            self.store.end(self._id)
+            self._end(self._id)
             self._id = self._loaded = None
             self.cookie.delete(response)
             return
@@ -286,6 +271,10 @@ class PGStoreSession(dict):
         payload = encode(self.store.serializer, self)
         if payload != loaded.payload or renew:
             check(self.store.serializer, self, payload, self.store.max_length)  # before any write
+            if renew and self._logged_out_by_forget() and not self._cookie_due:
+                # A logout keeping other data: renewed at once, outside the
+                # app's transaction (shared), so that it stands if that aborts.
+                self.store, self._logged_out = type(self).store, True
             if not self._write(request, payload, renew):
                 self._lost("was ended or revoked by another request")
                 return
@@ -301,7 +290,11 @@ class PGStoreSession(dict):
             self.cookie.set(response, self._id)
 
     def _save_new(self, request: Request, response: Response, payload: str) -> None:
-        if self._superseded:
+        if self._superseded and self.owner is None:
+            # Its cookie named a session ended a moment ago, most likely by a
+            # login or logout whose newer cookie the browser holds: a cookie
+            # set here would replace that one. A login still saves: it is
+            # the newest word on who the browser is.
             log.debug("not saving a session whose cookie another request has just replaced")
             return
         check(self.store.serializer, self, payload, self.store.max_length)  # before any write
@@ -350,6 +343,8 @@ class PGStoreSession(dict):
             if written is None:
                 return False
             self._id = new_id
+            # The new row starts its life now: a later write this request caps from here.
+            base = dataclasses.replace(base, key=storage_key(new_id), created_on=base.loaded_at)
         else:
             ttl, keep_expiry = self._lifetime.ttl_at(base.age), not self._refresh
             row["cap"] = self._lifetime.cap

@@ -140,10 +140,10 @@ class PGStore(ExpiredRows):
             )
         return self._shifted
 
-    def _run(self, sql: Statement, params: dict[str, Any], result: Any) -> Any:
+    def _run(self, sql: Statement, params: dict[str, Any], result: Any, *, watched: bool = True) -> Any:
         if not self._table_checked:
             self._check_table()
-        return self._executor.run(sql, params, result)
+        return self._executor.run(sql, params, result, watched=watched)
 
     def table_state(self) -> schema.TableState:
         """What is in the database under the table's name (one statement)."""

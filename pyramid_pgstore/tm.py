@@ -4,7 +4,9 @@
     When pyramid_tm manages the request, the session is written only if the
     transaction commits, after the app's own resources (zope.sqlalchemy's
     commits the app's database transaction first): an aborted or doomed
-    transaction saves nothing, and the response's cookie is not changed.
+    transaction saves nothing, and the response's cookie is not changed,
+    except that a logout stands (``invalidate()`` ends the session at once;
+    ``forget()`` ends it on abort).
     A failure of the session write then aborts the transaction and reaches
     the app's exception views, as pyramid_tm renders commit errors.
 ``shared``
@@ -12,12 +14,14 @@
     (``request.dbsession``, or the attribute ``pgstore.dbsession`` names), in
     its database transaction: a user row and the login session commit or
     roll back together. The cookie is changed once the transaction commits.
+    A logout runs on the store's own connections instead, and stands.
 ``none``
     The session is written when the response is ready, whatever the
     transaction does.
 
 Requests pyramid_tm does not manage (``tm.activate_hook``, no pyramid_tm)
-are written when the response is ready, in every mode. Nothing here imports
+are written when the response is ready, in every mode, and so are all
+requests of an app without the session tween (a factory set in code). Nothing here imports
 pyramid_tm, transaction or zope.sqlalchemy unless ``shared`` is used.
 """
 
@@ -39,10 +43,14 @@ MODES = ("auto", "shared", "none")
 
 class Finishable(Protocol):
     _finished: bool
+    _logged_out: bool
+    cookie: Any
 
     def _finish(self, request: Request, response: Response) -> None: ...
 
     def _finish_now(self, request: Request, response: Response) -> None: ...
+
+    def _abandon(self, response: Response) -> None: ...
 
 
 def managed(request: Request) -> bool:
@@ -87,6 +95,9 @@ def finish(session: Finishable, request: Request, response: Response, mode: str)
     if "Cookie" in (pending.vary or ()):
         vary_on_cookie(response)
     cookies = pending.headers.getall("Set-Cookie")
+    if session._logged_out:  # a logout stands, and so does its deletion cookie, whatever the commit does
+        session.cookie.delete(response)
+        cookies = [cookie for cookie in cookies if cookie not in response.headers.getall("Set-Cookie")]
     if cookies:
         transaction.addAfterCommitHook(_set_cookies, args=(response, cookies))
 
@@ -122,6 +133,10 @@ class _SessionWrite:
         # Nothing was written. Say so: a view that raised, even HTTPFound, or
         # a commit veto, aborts pyramid_tm's transaction, and with it the session.
         log.info("session changes not saved: the request's transaction was aborted")
+        try:
+            self.session._abandon(self.response)  # ... except a logout
+        except Exception:  # the transaction package logs and goes on; say what failed
+            log.exception("could not end the session of a logout whose transaction aborted")
 
     def tpc_begin(self, transaction: Any) -> None:
         pass

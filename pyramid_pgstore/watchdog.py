@@ -8,41 +8,68 @@ is a cancel request, which libpq sends on a connection of its own
 (``connection.cancel()``). One thread per process looks at the statements in
 flight a few times a second and cancels those past their deadline.
 
-Starting a watch is one dict insert, stopping it one delete: nothing on the
-request path waits for this thread.
+Starting a watch is one dict insert, stopping it one delete and an
+uncontended lock: nothing on the request path waits for this thread, except
+a statement whose cancel is being sent, so that the cancel cannot land on
+the connection's next statement.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from typing import Any
 
+log = logging.getLogger("pyramid_pgstore")
+
 _POLL = 0.1  # seconds between looks at the statements in flight
+
+
+class Watch:
+    """One statement being watched: its deadline, its connection, and
+    whether the watchdog canceled it."""
+
+    __slots__ = ("conn", "deadline", "fired", "lock", "stopped")
+
+    def __init__(self, conn: Any, deadline: float) -> None:
+        self.conn = conn
+        self.deadline = deadline
+        self.fired = False
+        self.stopped = False
+        self.lock = threading.Lock()  # held while the cancel is sent
 
 
 class Watchdog:
     """Cancels statements that outlive their deadline."""
 
     def __init__(self) -> None:
-        self._inflight: dict[int, tuple[float, Any]] = {}
+        self._inflight: dict[int, Watch] = {}
         self._pid = 0  # the process whose thread watches (a fork has none)
         self._lock = threading.Lock()
 
-    def start(self, conn: Any, timeout: float | None) -> int | None:
+    def start(self, conn: Any, timeout: float | None) -> Watch | None:
         """Watch ``conn``'s statement for ``timeout`` seconds (None: not at all)."""
         if timeout is None:
             return None
         if self._pid != os.getpid():
             self._start_thread()
-        key = id(conn)
-        self._inflight[key] = (time.monotonic() + timeout, conn)
-        return key
+        watch = Watch(conn, time.monotonic() + timeout)
+        self._inflight[id(watch)] = watch
+        return watch
 
-    def stop(self, key: int | None) -> None:
-        if key is not None:
-            self._inflight.pop(key, None)
+    def stop(self, watch: Watch | None) -> bool:
+        """The statement is over; return whether it was canceled, in which
+        case the connection must be discarded, not reused: a cancel arrives
+        at the server on its own connection, and could otherwise reach the
+        next statement. Waits for a cancel being sent."""
+        if watch is None:
+            return False
+        self._inflight.pop(id(watch), None)
+        with watch.lock:
+            watch.stopped = True
+            return watch.fired
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -57,12 +84,20 @@ class Watchdog:
         while True:
             time.sleep(_POLL)
             now = time.monotonic()
-            for key, (deadline, conn) in list(self._inflight.items()):
-                if now >= deadline and self._inflight.pop(key, None) is not None:
-                    try:
-                        conn.cancel()
-                    except Exception:  # noqa: S110 - the connection may be gone already
-                        pass
+            for key, watch in list(self._inflight.items()):
+                if now >= watch.deadline and self._inflight.pop(key, None) is not None:
+                    self._cancel(watch)
+
+    @staticmethod
+    def _cancel(watch: Watch) -> None:
+        with watch.lock:
+            if watch.stopped:
+                return
+            watch.fired = True
+            try:
+                watch.conn.cancel()
+            except Exception as exc:  # the connection may be gone already; the thread must live on
+                log.debug("could not cancel a statement past commit_timeout: %s", exc)
 
 
 watchdog = Watchdog()

@@ -10,6 +10,7 @@ import threading
 import time
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 import webtest
 from pyramid.config import Configurator
@@ -263,3 +264,49 @@ def make_app_with(settings, login):
         config.add_view(login, route_name="login")
         config.add_exception_view(unavailable, StoreUnavailable)
     return config.make_wsgi_app()
+
+
+class LosesOneReply(psycopg2.extensions.connection):
+    """The first session write (an UPDATE of data) is committed by the
+    server, then the connection drops before its reply arrives."""
+
+    armed = False
+
+    def cursor(self, *args, **kwargs):
+        return super().cursor(*args, cursor_factory=_LosingCursor, **kwargs)
+
+
+class _LosingCursor(psycopg2.extensions.cursor):
+    def execute(self, sql, params=None):
+        super().execute(sql, params)
+        if LosesOneReply.armed and "UPDATE" in sql and "data = %(data)s" in sql:
+            LosesOneReply.armed = False
+            self.connection.close()
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+
+def flash(request):
+    request.session.flash(request.params["m"])
+    return {}
+
+
+def pop_flash(request):
+    return {"messages": request.session.pop_flash()}
+
+
+def test_a_write_whose_reply_is_lost_is_not_applied_twice(pgstore_settings):
+    """The executor sends the write again on a new connection; the row holds
+    it already, so the flash message it added is there once, not twice."""
+    with Configurator(settings=pgstore_settings) as config:
+        config.include("pyramid_pgstore")
+        for view in (flash, pop_flash):
+            config.add_route(view.__name__, "/" + view.__name__)
+            config.add_view(view, route_name=view.__name__, renderer="json")
+    app = webtest.TestApp(config.make_wsgi_app())
+    store = get_store(app.app.registry)
+    store._checkout._connect_kwargs["connection_factory"] = LosesOneReply  # before its first connection
+    app.get("/flash?m=hello")  # the session exists: the next flash is an UPDATE
+    LosesOneReply.armed = True
+    app.get("/flash?m=saved")
+    assert not LosesOneReply.armed  # the reply was lost, and the write sent again
+    assert app.get("/pop_flash").json == {"messages": ["hello", "saved"]}

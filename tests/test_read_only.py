@@ -2,9 +2,12 @@
 synchronous standby that is gone. One throwaway server of this module's own,
 so that making it read-only troubles no other test."""
 
+import random
+import threading
 import time
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 
 from pyramid_pgstore import PGStore, StoreUnavailable
@@ -85,3 +88,56 @@ def test_a_commit_waiting_for_a_standby_that_is_gone_fails_after_commit_timeout(
         set_system(server, "synchronous_standby_names", None)
         # Not acknowledged, but committed on the server: what a reader now sees.
         assert store.load("id-1").data == {"n": 2}
+
+
+class SlowCancel(psycopg2.extensions.connection):
+    """A cancel request that takes 20 ms to reach the server, as it does
+    when the server is far away (libpq opens a connection just for it)."""
+
+    def cancel(self):
+        time.sleep(0.02)
+        return super().cancel()
+
+
+def test_a_cancel_past_commit_timeout_never_reaches_the_connections_next_statement(server):
+    """The watchdog fires while the statement is finishing on its own: the
+    connection goes back to the pool only once the cancel is done, and is
+    then discarded, so the next statement on the pool is never canceled."""
+    from pyramid_pgstore.executor import nothing
+
+    rng = random.Random(7)
+    with PGStore(server.dsn(), table="cancel_sessions", pool_max=1, commit_timeout=0.1) as store:
+        store._checkout._connect_kwargs["connection_factory"] = SlowCancel
+        canceled = finished = 0
+        for _ in range(40):
+            try:  # ends around the time the watchdog looks (every 0.1 s past its deadline)
+                store._executor.run("SELECT pg_sleep(%(s)s)", {"s": rng.uniform(0.1, 0.2)}, nothing)
+                finished += 1
+            except StoreUnavailable:
+                canceled += 1
+            store._executor.run("SELECT pg_sleep(0.02)", {}, nothing)  # must never be canceled
+        assert canceled and finished  # both sides of the race were run
+
+
+def test_schema_upgrades_and_scans_are_not_bound_by_commit_timeout(server):
+    """commit_timeout bounds a request's writes, not an upgrade waiting for
+    another process's lock, nor a count over a big table."""
+    admin(server, "DROP TABLE IF EXISTS slow_sessions")
+    admin(
+        server,
+        "CREATE TABLE slow_sessions (key text PRIMARY KEY, data text NOT NULL, created_on timestamptz"
+        " NOT NULL, modified_on timestamptz NOT NULL, expires_on timestamptz NOT NULL)",
+    )
+    holder = psycopg2.connect(server.dsn())
+    with holder.cursor() as cur:  # another process upgrading: the schema lock, held for 1 s
+        cur.execute("""SELECT pg_advisory_lock(hashtext('"slow_sessions"'))""")
+    threading.Timer(1.0, holder.close).start()
+    started = time.monotonic()
+    with PGStore(server.dsn(), table="slow_sessions", commit_timeout=0.3) as store:
+        assert time.monotonic() - started > 0.9  # it waited for the lock, past commit_timeout
+        assert store.table_state().comment == "pyramid_pgstore schema 2"
+        blocker = psycopg2.connect(server.dsn())
+        with blocker.cursor() as cur:  # a scan that must wait 1 s
+            cur.execute("LOCK TABLE slow_sessions IN ACCESS EXCLUSIVE MODE")
+        threading.Timer(1.0, blocker.close).start()
+        assert store.count_expired() == 0

@@ -11,11 +11,13 @@ import zope.sqlalchemy
 from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
+from pyramid.interfaces import ISessionFactory
 from pyramid.view import exception_view_config
 from sqlalchemy import Column, Integer, MetaData, Text
 from sqlalchemy.orm import declarative_base, sessionmaker
 
-from pyramid_pgstore import PGStore, StoreUnavailable, get_store
+from pyramid_pgstore import PGStore, StoreUnavailable, get_store, renew_session
+from pyramid_pgstore.cookie import new_session_id
 from pyramid_pgstore.sqla import sessions_table
 
 Base = declarative_base()
@@ -40,6 +42,26 @@ def login(request):
     if request.params.get("how") == "raise":
         raise redirect
     return redirect
+
+
+def logout(request):
+    """``?by=invalidate`` or ``forget``; ``?how=raise`` ends with ``raise HTTPFound``;
+    ``?keep=1`` leaves other data in the session."""
+    if request.params.get("keep"):
+        request.session["theme"] = "dark"
+    if request.params["by"] == "invalidate":
+        request.session.invalidate()
+    else:
+        auth.forget(request)
+    redirect = HTTPFound(location="/whoami")
+    if request.params.get("how") == "raise":
+        raise redirect
+    return redirect
+
+
+def renew(request):
+    renew_session(request)
+    return {}
 
 
 def whoami(request):
@@ -72,7 +94,7 @@ def make_app(settings):
             return session
 
         config.add_request_method(dbsession, reify=True)
-        for view in (login, whoami):
+        for view in (login, logout, renew, whoami):
             config.add_route(view.__name__, f"/{view.__name__}")
             config.add_view(view, route_name=view.__name__, renderer="json")
         config.scan(__name__)
@@ -129,6 +151,64 @@ def test_a_login_that_commits_saves_user_and_session(settings, mode, pgstore_dsn
     assert response.status_int == 302 and "Set-Cookie" in response.headers
     assert app.get("/whoami").json["name"] == "ann"
     assert count(pgstore_dsn, "users") == 1
+
+
+def owned_sessions(dsn):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM http_sessions WHERE data <> '' AND userid IS NOT NULL")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["auto", "shared", "none"])
+@pytest.mark.parametrize("by", ["invalidate", "forget"])
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_a_logout_stands_even_when_its_transaction_aborts(settings, mode, by, keep, pgstore_dsn):
+    """A logout view that raises its redirect aborts pyramid_tm's transaction;
+    the user is logged out anyway, and the response drops the cookie."""
+    app = make_app({**settings, "pgstore.transaction": mode})
+    app.get("/login?name=ann")
+    assert app.get("/whoami").json["name"] == "ann"
+    before = app.cookies["session"]
+    response = app.get(f"/logout?by={by}&how=raise&keep={keep}")
+    assert response.status_int == 302
+    # The cookie is dropped, or replaced by a session without a user (forget()
+    # keeping other data, where the renewal is written).
+    assert before not in response.headers["Set-Cookie"]
+    assert app.get("/whoami").json == {"userid": None, "name": None}
+    app.set_cookie("session", before)  # a copy of the old cookie is no good either
+    assert app.get("/whoami").json == {"userid": None, "name": None}
+    assert owned_sessions(pgstore_dsn) == 0
+    assert count(pgstore_dsn, "users") == 1  # the login's user row, committed
+
+
+@pytest.mark.parametrize("mode", ["auto", "shared"])
+def test_a_logout_that_commits_ends_the_session(settings, mode, pgstore_dsn):
+    app = make_app({**settings, "pgstore.transaction": mode})
+    app.get("/login?name=ann")
+    response = app.get("/logout?by=invalidate")
+    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert response.headers.getall("Set-Cookie") == [response.headers["Set-Cookie"]]  # once
+    assert app.get("/whoami").json == {"userid": None, "name": None}
+    assert count(pgstore_dsn, "http_sessions") == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "shared", "none"])
+def test_renewing_an_anonymous_empty_session_keeps_it(settings, mode, pgstore_dsn):
+    """renew_session() gives a new id; with nothing in the session and no
+    user it is not a logout."""
+    app = make_app({**settings, "pgstore.transaction": mode})
+    cookie = app.app.registry.queryUtility(ISessionFactory).cookie
+    session_id = new_session_id()
+    get_store(app.app.registry).save(session_id, {}, 600)
+    app.set_cookie("session", cookie.value(session_id))
+    response = app.get("/renew")
+    assert "Max-Age=0" not in response.headers["Set-Cookie"]
+    assert cookie.signer.loads(app.cookies["session"].strip('"').encode()) != session_id
+    assert count(pgstore_dsn, "http_sessions") == 1  # the renewed one (the ended row has no data)
 
 
 def test_without_following_the_transaction_the_session_outlives_the_rolled_back_user(settings, pgstore_dsn):

@@ -567,3 +567,28 @@ def test_a_server_that_never_answers_delays_each_request_once_not_in_turn():
         store.close()
     finally:
         listener.close()
+
+
+def test_with_several_hosts_one_that_never_answers_costs_two_seconds_not_pool_timeout(pgstore_dsn):
+    """A failover DSN whose first host is down without answering (a frozen
+    or unplugged server): libpq's connect_timeout applies per host, so it
+    is 2 s for a multi-host DSN, and the next host is reached after that."""
+    import socket
+
+    from psycopg2.extensions import parse_dsn
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    real = parse_dsn(pgstore_dsn)
+    dsn = (
+        f"host=127.0.0.1,{real['host']} port={listener.getsockname()[1]},{real['port']}"
+        f" user={real['user']} dbname={real['dbname']}"
+    )
+    try:
+        with PGStore(dsn, pool_timeout=20, create_table=False) as store:
+            started = time.monotonic()
+            assert store.load("id-1") is None
+            assert 1.5 < time.monotonic() - started < 5
+    finally:
+        listener.close()

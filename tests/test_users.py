@@ -380,6 +380,22 @@ def test_logging_out_with_forget_renews_the_id_too(router):
     assert stale_browser(router, logged_in_cookie).get("/read").json == {"data": {}, "new": True}
 
 
+def test_a_browser_left_with_a_just_ended_cookie_can_log_in_again_at_once(router):
+    """The login's response was lost: the browser still sends the id that
+    login ended (kept a minute as an ended row). Logging in again saves at
+    once; any other write with that cookie is dropped for that minute, since
+    it may be a request racing the login, whose newer cookie it must not replace."""
+    app = browser(router)
+    app.get("/put?cart=book")
+    old = app.cookies["session"]
+    app.get("/login?user=ann")
+    lost = stale_browser(router, old)
+    assert session_cookies(lost.get("/login?user=ann"))
+    assert lost.get("/read").json["data"] == {"auth.userid": "ann"}
+    assert session_cookies(stale_browser(router, old).get("/put?note=x")) == []
+    assert app.get("/read").json["data"] == {"cart": "book", "auth.userid": "ann"}
+
+
 def test_renew_on_login_false_keeps_the_id(pgstore_settings):
     router = make_router(pgstore_settings, renew_on_login="false")
     app = browser(router)
