@@ -19,8 +19,9 @@ import psycopg2
 
 from pyramid_pgstore.cleanup import DEFAULT_BATCH_SIZE, DEFAULT_REST, Cleaner, CleanupResult
 from pyramid_pgstore.errors import PGStoreError
+from pyramid_pgstore.store import PGStore
 
-from .common import DATABASE_ERROR, USAGE_ERROR, ScriptError, add_config_arguments, fail, load_store, say
+from .common import USAGE_ERROR, add_config_arguments, fail, run_on_store, say
 
 DESCRIPTION = """\
 Delete expired sessions from the pyramid_pgstore table named by the
@@ -150,36 +151,28 @@ def _run_forever(cleaner: Cleaner, args: argparse.Namespace) -> None:
     _say("stopped")
 
 
+def _clean(store: PGStore, args: argparse.Namespace) -> None:
+    cleaner = Cleaner(store, args.batch_size, args.rest)
+    if args.stats:
+        stats = store.table_stats()
+        _say(
+            f"{store.table}: {stats['live']:,} live, {stats['expired']:,} expired; "
+            f"table {stats['table_bytes']:,} bytes, indexes {stats['index_bytes']:,} bytes"
+        )
+    if args.dry_run:
+        _say(f"would delete {store.count_expired():,} expired sessions from {store.table}")
+    elif args.interval:
+        _run_forever(cleaner, args)
+    elif not args.stats:
+        _run_pass(cleaner, args, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv[1:])
-    try:
-        store = load_store(args.config_uri, args.config_vars)
-    except ScriptError as exc:
-        fail("pgstore-cleanup", str(exc))
-        return USAGE_ERROR
     if args.rest < 0:
         fail("pgstore-cleanup", "--rest must be 0 or more")
         return USAGE_ERROR
-    cleaner = Cleaner(store, args.batch_size, args.rest)
-    try:
-        if args.stats:
-            stats = store.table_stats()
-            _say(
-                f"{store.table}: {stats['live']:,} live, {stats['expired']:,} expired; "
-                f"table {stats['table_bytes']:,} bytes, indexes {stats['index_bytes']:,} bytes"
-            )
-        if args.dry_run:
-            _say(f"would delete {store.count_expired():,} expired sessions from {store.table}")
-        elif args.interval:
-            _run_forever(cleaner, args)
-        elif not args.stats:
-            _run_pass(cleaner, args, None)
-    except (PGStoreError, psycopg2.Error) as exc:
-        fail("pgstore-cleanup", f"database error: {str(exc).strip()}")
-        return DATABASE_ERROR
-    finally:
-        store.close()
-    return 0
+    return run_on_store("pgstore-cleanup", args, lambda store: _clean(store, args))
 
 
 if __name__ == "__main__":

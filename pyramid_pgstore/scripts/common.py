@@ -7,14 +7,17 @@ import argparse
 import configparser
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 from pyramid.exceptions import ConfigurationError
 from pyramid.paster import get_appsettings, setup_logging
 from pyramid.scripts.common import parse_vars
 
 from pyramid_pgstore.dsn import redact
+from pyramid_pgstore.errors import PGStoreError
 from pyramid_pgstore.settings import configuration_errors, parse_settings
 from pyramid_pgstore.store import PGStore
 
@@ -100,3 +103,21 @@ def say(prog: str, message: str) -> None:
 def fail(prog: str, message: str) -> None:
     """An error, as one line on stderr (libpq's messages span several)."""
     print(f"{prog}: {' '.join(message.split())}", file=sys.stderr)
+
+
+def run_on_store(prog: str, args: argparse.Namespace, work: Callable[[PGStore], int | None]) -> int:
+    """Load the store the arguments name and run ``work(store)``; return the
+    exit status: ``work``'s (0 for None), 2 for a configuration error, 1 for
+    a database error (each said in one line on stderr). The store is closed."""
+    try:
+        store = load_store(args.config_uri, args.config_vars)
+    except ScriptError as exc:
+        fail(prog, str(exc))
+        return USAGE_ERROR
+    try:
+        return work(store) or 0
+    except (PGStoreError, psycopg2.Error) as exc:
+        fail(prog, f"database error: {str(exc).strip()}")
+        return DATABASE_ERROR
+    finally:
+        store.close()

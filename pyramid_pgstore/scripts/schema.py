@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import psycopg2
-
 from pyramid_pgstore import schema
-from pyramid_pgstore.errors import PGStoreError
+from pyramid_pgstore.store import PGStore
 
-from .common import DATABASE_ERROR, USAGE_ERROR, ScriptError, add_config_arguments, fail, load_store
+from .common import DATABASE_ERROR, add_config_arguments, fail, run_on_store
 
 DESCRIPTION = """\
 Print the SQL that creates the pyramid_pgstore sessions table named by the
@@ -48,33 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_or_apply(store: PGStore, apply: bool) -> int:
+    state = store.table_state()
+    try:
+        needed = schema.needed_sql(store.table, state)
+    except ValueError as exc:
+        fail("pgstore-schema", str(exc))
+        return DATABASE_ERROR
+    if apply:
+        for statement in store.prepare_table():
+            print(f"-- applied: {statement};")
+    else:
+        for statement in needed:
+            print(f"{statement};")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv[1:])
-    try:
-        store = load_store(args.config_uri, args.config_vars)
-    except ScriptError as exc:
-        fail("pgstore-schema", str(exc))
-        return USAGE_ERROR
-    try:
-        state = store.table_state()
-        try:
-            needed = schema.needed_sql(store.table, state)
-        except ValueError as exc:
-            fail("pgstore-schema", str(exc))
-            return DATABASE_ERROR
-        if args.apply:
-            done = store.prepare_table()
-            for statement in done:
-                print(f"-- applied: {statement};")
-        else:
-            for statement in needed:
-                print(f"{statement};")
-    except (PGStoreError, psycopg2.Error) as exc:
-        fail("pgstore-schema", f"database error: {str(exc).strip()}")
-        return DATABASE_ERROR
-    finally:
-        store.close()
-    return 0
+    return run_on_store("pgstore-schema", args, lambda store: _print_or_apply(store, args.apply))
 
 
 if __name__ == "__main__":
