@@ -13,6 +13,7 @@ from db import sql
 
 from pyramid_pgstore import Cleaner, PGStore
 from pyramid_pgstore.scripts.cleanup import main
+from pyramid_pgstore.scripts.schema import main as schema_main
 
 
 def add_rows(dsn, count, expired, prefix):
@@ -212,6 +213,16 @@ def test_usage_errors_exit_2(capsys):
         main(["pgstore-cleanup", "x.ini", "--batch-size", "0"])
     assert info.value.code == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prog, main_of", [("pgstore-cleanup", main), ("pgstore-schema", schema_main)])
+def test_a_missing_ini_file_argument_names_only_that_argument(prog, main_of, capsys):
+    with pytest.raises(SystemExit) as info:
+        main_of([prog])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "required: config_uri" in err
+    assert "name=value" not in err.splitlines()[-1]  # the variables are optional
 
 
 def test_an_unreachable_database_exits_1(tmp_path, capsys):

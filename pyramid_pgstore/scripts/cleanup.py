@@ -21,7 +21,7 @@ from pyramid_pgstore.cleanup import DEFAULT_BATCH_SIZE, DEFAULT_REST, Cleaner, C
 from pyramid_pgstore.errors import PGStoreError
 from pyramid_pgstore.store import PGStore
 
-from .common import USAGE_ERROR, add_config_arguments, fail, run_on_store, say
+from .common import USAGE_ERROR, config_parser, fail, run_on_store, say
 
 DESCRIPTION = """\
 Delete expired sessions from the pyramid_pgstore table named by the
@@ -46,13 +46,7 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pgstore-cleanup",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(parser)
+    parser = config_parser("pgstore-cleanup", DESCRIPTION, EPILOG)
     parser.add_argument(
         "--interval",
         type=_positive(float),

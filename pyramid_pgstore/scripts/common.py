@@ -29,16 +29,26 @@ class ScriptError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """CONFIG_URI and ``name=value`` variables, as in Pyramid's scripts."""
+def config_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A script's parser with CONFIG_URI and ``name=value`` variables, as in
+    Pyramid's scripts; the script adds its own options."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=formatter,
+    )
     parser.add_argument("config_uri", help="the app's ini file, e.g. production.ini or production.ini#main")
     parser.add_argument(
         "config_vars",
         nargs="*",
+        default=[],  # else argparse calls it required when CONFIG_URI is missing
         metavar="name=value",
         help="a variable for %%(name)s in the ini file, as in Pyramid's scripts; "
         "a pgstore.* name overrides that setting",
     )
+    return parser
 
 
 def load_store(config_uri: str, config_vars: list[str]) -> PGStore:

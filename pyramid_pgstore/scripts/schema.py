@@ -15,7 +15,7 @@ import sys
 from pyramid_pgstore import schema
 from pyramid_pgstore.store import PGStore
 
-from .common import DATABASE_ERROR, add_config_arguments, fail, run_on_store
+from .common import DATABASE_ERROR, config_parser, fail, run_on_store
 
 DESCRIPTION = """\
 Print the SQL that creates the pyramid_pgstore sessions table named by the
@@ -35,13 +35,7 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pgstore-schema",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(parser)
+    parser = config_parser("pgstore-schema", DESCRIPTION, EPILOG)
     parser.add_argument("--apply", action="store_true", help="run the SQL instead of printing it")
     return parser
 
