@@ -213,8 +213,18 @@ class LocalPostgres:
         return " ".join([f"-p {self.port}", *(f"-c {name}={value}" for name, value in settings.items())])
 
     def start(self) -> None:
-        """Create the cluster if needed and start the server; wait until it accepts connections."""
+        """Create the cluster if needed and start the server; wait until it accepts connections.
+
+        A server still running on this data directory, left by an earlier
+        run that was killed (a closed terminal, ``kill -9``), is stopped
+        first: it may listen on another port, and ``pg_ctl start`` would
+        fail on its lock file.
+        """
         self.init()
+        leftover = self.pid
+        if leftover is not None:
+            self.log(f"stopping the PostgreSQL an earlier run left running on {self.data} (pid {leftover})")
+            self.stop("fast")
         open_path_to(self.base)  # a later tool may have closed it again
         data, logfile = str(self.data), str(self.logfile)
         self.run("pg_ctl", "start", "-w", "-D", data, "-o", self._options(), "-l", logfile)

@@ -16,6 +16,7 @@ import webtest
 
 from pyramid_pgstore.demo import main
 from pyramid_pgstore.demo.agents import browser_name
+from pyramid_pgstore.localdb import LocalPostgres
 
 ROOT = Path(__file__).parent.parent
 
@@ -301,38 +302,85 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def test_make_demo_starts_postgresql_serves_the_counter_and_stops_it(tmp_path):
+class DemoProcess:
     """What ``make demo`` runs, with no DSN configured, in a scratch directory."""
+
+    def __init__(self, directory, port):
+        env = {key: value for key, value in os.environ.items() if key != "PGSTORE_DSN"}
+        self.url = f"http://127.0.0.1:{port}/"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
+            cwd=directory,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        cookies = urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        self.opener = urllib.request.build_opener(cookies)
+
+    def get(self, timeout=60):
+        """The home page, once the demo serves it (within ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.opener.open(self.url, timeout=5).read().decode()
+            except OSError:
+                assert self.process.poll() is None, self.process.stdout.read()
+                assert time.monotonic() < deadline, f"the demo did not start within {timeout} s"
+                time.sleep(0.2)
+
+    def end(self, signum):
+        """Send ``signum``; return the demo's output."""
+        self.process.send_signal(signum)
+        output, _ = self.process.communicate(timeout=60)
+        return output
+
+
+@pytest.fixture
+def demo_dir(tmp_path):
     port = free_port()
     ini = (ROOT / "development.ini").read_text().replace("localhost:6543", f"127.0.0.1:{port}")
     (tmp_path / "development.ini").write_text(ini)
-    env = {key: value for key, value in os.environ.items() if key != "PGSTORE_DSN"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    yield tmp_path, port
+    data = tmp_path / "var" / "pg" / "data"
+    if (data / "postmaster.pid").exists():  # a failed test must not leave a server behind
+        LocalPostgres(tmp_path / "var" / "pg", log=lambda message: None).stop("immediate")
+
+
+def test_make_demo_starts_postgresql_serves_the_counter_and_stops_it(demo_dir):
+    directory, port = demo_dir
+    demo = DemoProcess(directory, port)
     try:
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                first = opener.open(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "the demo did not start within 60 s"
-                time.sleep(0.2)
-        second = opener.open(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        first = demo.get()
+        second = demo.get()
         assert 'id="visits">1<' in first
         assert 'id="visits">2<' in second
     finally:
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=60)
+        output = demo.end(signal.SIGTERM)
     assert "PostgreSQL on 127.0.0.1" in output
     assert "PostgreSQL stopped" in output
-    assert (tmp_path / "var" / "pg" / "data" / "PG_VERSION").exists()  # kept for the next run
-    assert not (tmp_path / "var" / "pg" / "data" / "postmaster.pid").exists()
+    assert (directory / "var" / "pg" / "data" / "PG_VERSION").exists()  # kept for the next run
+    assert not (directory / "var" / "pg" / "data" / "postmaster.pid").exists()
+
+
+def test_make_demo_after_a_killed_run_stops_its_postgresql_and_serves_and_sighup_stops_it(demo_dir):
+    """A demo killed outright leaves its PostgreSQL running; the next run
+    stops that one and starts again, and a closed terminal (SIGHUP) stops
+    the server cleanly."""
+    directory, port = demo_dir
+    killed = DemoProcess(directory, port)
+    try:
+        killed.get()
+    finally:
+        killed.end(signal.SIGKILL)
+    assert (directory / "var" / "pg" / "data" / "postmaster.pid").exists()  # left running
+
+    again = DemoProcess(directory, port)
+    try:
+        assert 'id="visits">1<' in again.get()
+    finally:
+        output = again.end(signal.SIGHUP)
+    assert "an earlier run left running" in output
+    assert "PostgreSQL stopped" in output
+    assert not (directory / "var" / "pg" / "data" / "postmaster.pid").exists()

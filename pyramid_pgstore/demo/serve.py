@@ -4,7 +4,8 @@ When neither ``pgstore.dsn`` in the ini file nor ``$PGSTORE_DSN`` names a
 database, this starts a PostgreSQL server of its own
 (:class:`~pyramid_pgstore.localdb.LocalPostgres`), with its data under
 ``./var/pg`` (kept between runs), as an unprivileged user when run as root,
-and stops it when the server exits (Ctrl-C or SIGTERM).
+and stops it when the server exits (Ctrl-C, SIGTERM, or SIGHUP when its
+terminal closes).
 
 Usage: python -m pyramid_pgstore.demo.serve [development.ini]
 """
@@ -37,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_appsettings(config_uri)
     if settings.get("pgstore.dsn") or os.environ.get("PGSTORE_DSN"):
         return pserve.main(argv=["pserve", config_uri]) or 0
-    # SIGTERM becomes SystemExit, so the server below is stopped on the way out.
+    # SIGTERM and SIGHUP (the terminal closed) become SystemExit, so the
+    # server below is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
     with LocalPostgres(Path("var/pg"), log=_say) as server:
         os.environ["PGSTORE_DSN"] = server.create_database(DATABASE, exist_ok=True)
         try:
