@@ -297,7 +297,7 @@ class OwnedPool(Checkout):
                 pool = self._current
                 if pool is None:
                     pool = self._current = _KeepIdlePool(self._maxconn, **self._connect_kwargs)
-                    log.info("opened a pool of up to %d connections", self._maxconn)
+                    log.info("opened a pool of up to %d connections (process %d)", self._maxconn, os.getpid())
                     fresh = True
                 else:
                     fresh = False
@@ -346,6 +346,8 @@ class OwnedPool(Checkout):
                 self._opened_before += self._current.opened
                 self._current.closeall()
                 self._current = None
+                if not self._closed:
+                    log.info("closed the pool's connections; each process opens its own on first use")
 
     def close(self) -> None:
         super().close()
