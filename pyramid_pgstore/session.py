@@ -19,8 +19,7 @@ be gone (another request logged out, logged in or revoked it meanwhile)
 leaves the cookie alone, since the browser may already hold a newer one,
 and drops its write (logged at debug level).
 
-The dict methods, flash queues and CSRF token are in
-:mod:`pyramid_pgstore.sessiondict`.
+The dict methods, flash queues and CSRF token: :mod:`pyramid_pgstore.sessiondict`.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from .merge import write_merging
 from .options import SessionOptions
 from .records import SessionRecord, client_fields, storage_key
 from .serializer import check, encode
-from .sessiondict import SessionDict
+from .sessiondict import CSRF_KEY, SessionDict
 from .store import PGStore
 
 log = logging.getLogger("pyramid_pgstore")
@@ -130,6 +129,15 @@ class PGStoreSession(SessionDict):
         value = data.get(self.options.userid_key)
         return None if value is None else str(value)
 
+    def _owner_changed(self) -> bool:
+        """A login, a switch of user or a logout since the session was read."""
+        return self._loaded is not None and self._owner_of(self._loaded.data) != self.owner
+
+    def _csrf_token_stale(self, token: str) -> bool:
+        # Whoever planted a session before its login (fixation) knows its
+        # CSRF token: a new user gets a new one, as Django's login() does.
+        return self._owner_changed() and token == (self._loaded.data if self._loaded else {}).get(CSRF_KEY)
+
     # -- ISession -------------------------------------------------------------
 
     def changed(self) -> None:
@@ -181,8 +189,7 @@ class PGStoreSession(SessionDict):
         if not self._write(self.request, payload, renew=True):
             self._lost("was ended while being renewed")
             return
-        merged = self._loaded.data if self._loaded is not None else {}
-        if merged != self:  # another request's changes came in with the merge
+        if (merged := self._loaded.data if self._loaded else {}) != self:  # others' changes came in the merge
             dict.clear(self)
             dict.update(self, merged)
         self._cookie_due = True
@@ -228,8 +235,7 @@ class PGStoreSession(SessionDict):
 
     def _logged_out_by_forget(self) -> bool:
         """The loaded session had a user, and this request removed it."""
-        loaded = self._loaded
-        return loaded is not None and self._owner_of(loaded.data) is not None and self.owner is None
+        return self._owner_changed() and self.owner is None
 
     def _abandon(self, response: Response) -> None:
         """The request's transaction aborted (pyramid_tm, ``auto``): nothing
@@ -258,9 +264,9 @@ class PGStoreSession(SessionDict):
             elif self._delete_cookie:  # invalidate() ended the session this request had
                 self.cookie.delete(response)
             return
-        renew = self._renew_asked or (
-            self.options.renew_on_login and self._owner_of(loaded.data) != self.owner
-        )
+        renew = self._renew_asked or (self.options.renew_on_login and self._owner_changed())
+        if CSRF_KEY in self and self._csrf_token_stale(self[CSRF_KEY]):
+            dict.pop(self, CSRF_KEY)  # the next get_csrf_token() makes a new one
         if renew and not self and self._logged_out_by_forget():
             # Its user logged out (forget()) and nothing is left: end it, as invalidate().
             self._end(self._id)

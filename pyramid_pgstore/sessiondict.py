@@ -64,6 +64,11 @@ class SessionDict(dict):
 
     def get_csrf_token(self) -> str:
         token = self.get(CSRF_KEY)
-        if token is None:
+        if token is None or self._csrf_token_stale(token):
             token = self.new_csrf_token()
         return token
+
+    def _csrf_token_stale(self, token: str) -> bool:
+        """Whether ``token`` must be replaced before it is used (a subclass
+        says so after a login)."""
+        return False

@@ -14,6 +14,7 @@ import webtest
 from db import sql
 from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
+from pyramid.csrf import check_csrf_token
 from pyramid.interfaces import ISessionFactory
 
 from pyramid_pgstore import get_store, list_sessions, renew_session, revoke_other_sessions, revoke_session
@@ -72,7 +73,19 @@ def slow_write(request):
     return {}
 
 
-VIEWS = [login, logout, put, read, devices, revoke, revoke_others, renew, slow_write]
+def csrf(request):
+    """The CSRF token, after a login in this same request if ``user`` is given."""
+    if "user" in request.params:
+        login(request)
+    return {"token": request.session.get_csrf_token()}
+
+
+def guarded(request):
+    """A form post: is its CSRF token the session's?"""
+    return {"accepted": check_csrf_token(request, raises=False)}
+
+
+VIEWS = [login, logout, put, read, devices, revoke, revoke_others, renew, slow_write, csrf, guarded]
 
 
 def make_router(pgstore_settings, **settings):
@@ -428,3 +441,42 @@ def test_listing_one_users_sessions_among_many_uses_the_userid_index(pgstore_sto
     plan = "\n".join(row[0] for row in sql(pgstore_dsn, "EXPLAIN " + statement, {"userid": "user42"}))
     assert "http_sessions_userid_idx" in plan, plan
     assert "Index Scan" in plan and "Seq Scan" not in plan, plan
+
+
+# -- the CSRF token at login --------------------------------------------------
+
+
+@pytest.mark.parametrize("renew_on_login", ["true", "false"])
+def test_a_login_gives_a_new_csrf_token_and_the_one_from_before_is_refused(pgstore_settings, renew_on_login):
+    """Whoever planted the session before the login (fixation) knows its
+    CSRF token; after the login it must not be valid."""
+    app = browser(make_router(pgstore_settings, renew_on_login=renew_on_login))
+    before = app.get("/csrf").json["token"]
+    assert app.get("/csrf").json["token"] == before  # stable while nothing changes
+    assert app.post("/guarded", {"csrf_token": before}).json["accepted"]
+
+    app.get("/login?user=alice")
+    after = app.get("/csrf").json["token"]
+    assert after != before
+    assert app.get("/csrf").json["token"] == after  # stable again
+    assert not app.post("/guarded", {"csrf_token": before}).json["accepted"]
+    assert app.post("/guarded", {"csrf_token": after}).json["accepted"]
+
+
+def test_a_token_read_after_remember_in_the_login_request_is_the_new_one(router):
+    app = browser(router)
+    before = app.get("/csrf").json["token"]
+    during = app.get("/csrf?user=alice").json["token"]  # remember(), then get_csrf_token()
+    assert during != before
+    assert app.get("/csrf").json["token"] == during
+    assert app.post("/guarded", {"csrf_token": during}).json["accepted"]
+
+
+def test_a_logout_that_keeps_data_gives_a_new_csrf_token(router):
+    app = browser(router)
+    app.get("/login?user=alice")
+    app.get("/put?cart=3")
+    logged_in = app.get("/csrf").json["token"]
+    app.get("/logout")
+    assert app.get("/read").json["data"]["cart"] == "3"  # the rest of the session kept
+    assert app.get("/csrf").json["token"] != logged_in
