@@ -14,8 +14,8 @@ import webtest
 from db import sql
 from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
-from pyramid.csrf import check_csrf_token
-from pyramid.interfaces import ISessionFactory
+from pyramid.csrf import SessionCSRFStoragePolicy, check_csrf_token, get_csrf_token
+from pyramid.interfaces import ICSRFStoragePolicy, ISessionFactory
 
 from pyramid_pgstore import get_store, list_sessions, renew_session, revoke_other_sessions, revoke_session
 from pyramid_pgstore.records import storage_key
@@ -80,12 +80,18 @@ def csrf(request):
     return {"token": request.session.get_csrf_token()}
 
 
+def policy_token(request):
+    """The CSRF token through the app's CSRF storage policy."""
+    return {"token": get_csrf_token(request)}
+
+
 def guarded(request):
     """A form post: is its CSRF token the session's?"""
     return {"accepted": check_csrf_token(request, raises=False)}
 
 
-VIEWS = [login, logout, put, read, devices, revoke, revoke_others, renew, slow_write, csrf, guarded]
+VIEWS = [login, logout, put, read, devices, revoke, revoke_others, renew, slow_write]
+VIEWS += [csrf, policy_token, guarded]
 
 
 def make_router(pgstore_settings, **settings):
@@ -480,3 +486,18 @@ def test_a_logout_that_keeps_data_gives_a_new_csrf_token(router):
     app.get("/logout")
     assert app.get("/read").json["data"]["cart"] == "3"  # the rest of the session kept
     assert app.get("/csrf").json["token"] != logged_in
+
+
+def test_with_pyramids_session_csrf_policy_a_login_also_replaces_the_token(pgstore_settings):
+    """SessionCSRFStoragePolicy reads and writes the session key itself,
+    not through the session's get_csrf_token()."""
+    router = make_router(pgstore_settings)
+    router.registry.registerUtility(SessionCSRFStoragePolicy(), ICSRFStoragePolicy)
+    app = browser(router)
+    before = app.get("/policy_token").json["token"]
+    assert app.post("/guarded", {"csrf_token": before}).json["accepted"]
+    app.get("/login?user=alice")
+    after = app.get("/policy_token").json["token"]
+    assert after != before
+    assert not app.post("/guarded", {"csrf_token": before}).json["accepted"]
+    assert app.post("/guarded", {"csrf_token": after}).json["accepted"]
