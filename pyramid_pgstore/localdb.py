@@ -193,7 +193,11 @@ class LocalPostgres:
             os.kill(pid, 0)
         except (OSError, ValueError, IndexError):
             return None  # no pid file, or a stale one (a killed server)
-        return pid
+        try:  # a stale file's pid may have been reused: is it a server of this directory?
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return pid  # no /proc: trust the pid
+        return pid if os.fsencode(self.data) in command and pid not in (os.getpid(), os.getppid()) else None
 
     @property
     def running(self) -> bool:

@@ -71,6 +71,7 @@ class PGStoreSession(SessionDict):
         self.created = time.time() + testing.clock.offset
         self._id: str | None = None  # the stored session this request owns, once there is one
         self._loaded: SessionRecord | None = None  # its row as read (or last written)
+        self._read_owner: str | None = None  # its owner as read (_read_token: its CSRF token)
         self._dead_id: str | None = None  # the cookie named a session that expired or went
         self._superseded = False  # ... that another request ended a moment ago
         self._refresh = False  # the expiry is due for a refresh
@@ -105,6 +106,7 @@ class PGStoreSession(SessionDict):
         dict.update(self, record.data)
         self._id = session_id
         self._loaded = record
+        self._read_owner, self._read_token = self._owner_of(record.data), record.data.get(CSRF_KEY)
         self.new = False
         self.created = record.created_on.timestamp()
         self._refresh = self._lifetime.due_for_refresh(record)
@@ -130,13 +132,11 @@ class PGStoreSession(SessionDict):
         return None if value is None else str(value)
 
     def _owner_changed(self) -> bool:
-        """A login, a switch of user or a logout since the session was read."""
+        """A new owner since the row was read or this request last wrote it (a renew)."""
         return self._loaded is not None and self._owner_of(self._loaded.data) != self.owner
 
-    def _csrf_token_stale(self, token: str) -> bool:
-        # Whoever planted a session before its login (fixation) knows its
-        # CSRF token: a new user gets a new one, as Django's login() does.
-        return self._owner_changed() and token == (self._loaded.data if self._loaded else {}).get(CSRF_KEY)
+    def _owner_switched(self) -> bool:
+        return self.owner != self._read_owner
 
     # -- ISession -------------------------------------------------------------
 
@@ -184,6 +184,7 @@ class PGStoreSession(SessionDict):
             self._renew_asked = True
             self._finish_with_response()
             return
+        self._drop_stale_csrf_token()
         payload = encode(self.store.serializer, self)
         check(self.store.serializer, self, payload, self.store.max_length)
         if not self._write(self.request, payload, renew=True):
@@ -265,8 +266,7 @@ class PGStoreSession(SessionDict):
                 self.cookie.delete(response)
             return
         renew = self._renew_asked or (self.options.renew_on_login and self._owner_changed())
-        if CSRF_KEY in self and self._csrf_token_stale(self[CSRF_KEY]):
-            dict.pop(self, CSRF_KEY)  # the next get_csrf_token() makes a new one
+        self._drop_stale_csrf_token()
         if renew and not self and self._logged_out_by_forget():
             # Its user logged out (forget()) and nothing is left: end it, as invalidate().
             self._end(self._id)
@@ -297,10 +297,9 @@ class PGStoreSession(SessionDict):
 
     def _save_new(self, request: Request, response: Response, payload: str) -> None:
         if self._superseded and self.owner is None:
-            # Its cookie named a session ended a moment ago, most likely by a
-            # login or logout whose newer cookie the browser holds: a cookie
-            # set here would replace that one. A login still saves: it is
-            # the newest word on who the browser is.
+            # Its cookie named a session ended a moment ago, most likely by a login or logout
+            # whose newer cookie the browser holds: a cookie set here would replace that one.
+            # A login still saves: it is the newest word on who the browser is.
             log.debug("not saving a session whose cookie another request has just replaced")
             return
         check(self.store.serializer, self, payload, self.store.max_length)  # before any write
@@ -341,6 +340,8 @@ class PGStoreSession(SessionDict):
     ) -> bool:
         """One try of :meth:`_write`; on success the written row is the loaded one."""
         assert self._id is not None
+        if (kept := self._without_foreign_csrf_token(data)) is not data:
+            data, payload = kept, encode(self.store.serializer, kept)
         row: dict[str, Any] = {"userid": self._owner_of(data), "version": version, **self._client(request)}
         written: str | None = None  # a replace returns no version: a second write writes over
         if renew:

@@ -2,7 +2,8 @@
 
 Methods that change the session are wrapped by :func:`_changes`, which calls
 ``changed()`` first; every other dict method only reads. The storage is in
-:class:`pyramid_pgstore.session.PGStoreSession`, which subclasses this.
+:class:`pyramid_pgstore.session.PGStoreSession`, which subclasses this and
+says when the session changed hands: then the CSRF token it had is replaced.
 """
 
 from __future__ import annotations
@@ -68,7 +69,28 @@ class SessionDict(dict):
             token = self.new_csrf_token()
         return token
 
-    def _csrf_token_stale(self, token: str) -> bool:
-        """Whether ``token`` must be replaced before it is used (a subclass
-        says so after a login)."""
+    # -- a change of owner (a login) -----------------------------------------
+
+    _read_token: str | None = None  # the CSRF token of the session as read from storage
+
+    def _owner_switched(self) -> bool:
+        """Whether the session changed hands (a login, a logout) since it was read."""
         return False
+
+    def _csrf_token_stale(self, token: str) -> bool:
+        # Whoever planted a session before its login (fixation) knows its
+        # CSRF token: a new user gets a new one, as Django's login() does.
+        return self._owner_switched() and token == self._read_token
+
+    def _drop_stale_csrf_token(self) -> None:
+        """Forget a stale token: the next get_csrf_token() makes a new one."""
+        if CSRF_KEY in self and self._csrf_token_stale(self[CSRF_KEY]):
+            dict.pop(self, CSRF_KEY)
+
+    def _without_foreign_csrf_token(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (this session merged into another request's write)
+        without a CSRF token that this request does not hold, once the owner
+        changed: another request on the pre-login id may have made it."""
+        if self._owner_switched() and data.get(CSRF_KEY) not in (None, self.get(CSRF_KEY)):
+            return {key: value for key, value in data.items() if key != CSRF_KEY}
+        return data

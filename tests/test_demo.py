@@ -305,9 +305,10 @@ def free_port():
 class DemoProcess:
     """What ``make demo`` runs, with no DSN configured, in a scratch directory."""
 
-    def __init__(self, directory, port):
+    def __init__(self, directory, port, nohup=False):
         env = {key: value for key, value in os.environ.items() if key != "PGSTORE_DSN"}
-        self.url = f"http://127.0.0.1:{port}/"
+        ignore_hangup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
+        self.url, self.env = f"http://127.0.0.1:{port}/", env
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
             cwd=directory,
@@ -315,6 +316,7 @@ class DemoProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=ignore_hangup,
         )
         cookies = urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
         self.opener = urllib.request.build_opener(cookies)
@@ -379,8 +381,50 @@ def test_make_demo_after_a_killed_run_stops_its_postgresql_and_serves_and_sighup
     again = DemoProcess(directory, port)
     try:
         assert 'id="visits">1<' in again.get()
+        second = subprocess.run(
+            [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
+            cwd=directory,
+            env=again.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert "another demo is running" in second.stderr
+        assert 'id="visits">' in again.get()  # the running one keeps its server
     finally:
         output = again.end(signal.SIGHUP)
     assert "an earlier run left running" in output
     assert "PostgreSQL stopped" in output
     assert not (directory / "var" / "pg" / "data" / "postmaster.pid").exists()
+
+
+def test_make_demo_under_nohup_survives_a_hangup(demo_dir):
+    directory, port = demo_dir
+    demo = DemoProcess(directory, port, nohup=True)
+    try:
+        demo.get()
+        demo.process.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert demo.process.poll() is None
+        assert 'id="visits">' in demo.get()
+    finally:
+        output = demo.end(signal.SIGTERM)
+    assert "PostgreSQL stopped" in output
+
+
+def test_a_stale_pid_file_naming_another_process_is_not_taken_for_the_server(tmp_path):
+    """After a crash the pid in postmaster.pid may belong to another process
+    by now: it must never be sent the server's stop signal."""
+    server = LocalPostgres(tmp_path / "pg", log=lambda message: None)
+    server.init()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (server.data / "postmaster.pid").write_text(f"{other.pid}\n{server.data}\n")
+        assert server.pid is None
+        assert not server.running
+        server.stop()
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()

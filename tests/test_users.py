@@ -85,13 +85,31 @@ def policy_token(request):
     return {"token": get_csrf_token(request)}
 
 
+def login_raced(request):
+    """A login during which another request on the same pre-login id makes a
+    CSRF token (``t2``) and writes it, between this one's read and write."""
+    request.session.get("x")  # read: no CSRF token yet
+    session_id = request.session._id  # the test stands in for that other request
+    store = get_store(request)
+    store.save(session_id, {**store.load(session_id).data, "_csrft_": request.params["t2"]}, 3600)
+    login(request)
+    return {}
+
+
+def remember_and_renew(request):
+    """A login done by hand: remember(), then renew_session() at once."""
+    login(request)
+    renew_session(request)
+    return {}
+
+
 def guarded(request):
     """A form post: is its CSRF token the session's?"""
     return {"accepted": check_csrf_token(request, raises=False)}
 
 
 VIEWS = [login, logout, put, read, devices, revoke, revoke_others, renew, slow_write]
-VIEWS += [csrf, policy_token, guarded]
+VIEWS += [csrf, policy_token, guarded, login_raced, remember_and_renew]
 
 
 def make_router(pgstore_settings, **settings):
@@ -501,3 +519,20 @@ def test_with_pyramids_session_csrf_policy_a_login_also_replaces_the_token(pgsto
     assert after != before
     assert not app.post("/guarded", {"csrf_token": before}).json["accepted"]
     assert app.post("/guarded", {"csrf_token": after}).json["accepted"]
+
+
+def test_a_token_made_by_another_request_during_the_login_is_not_kept(router):
+    app = browser(router)
+    app.get("/put?x=1")  # a session without a CSRF token
+    app.get("/login_raced?user=alice&t2=known-to-whoever-sent-it")
+    assert app.get("/read").json["data"]["auth.userid"] == "alice"
+    assert app.get("/csrf").json["token"] != "known-to-whoever-sent-it"
+    assert not app.post("/guarded", {"csrf_token": "known-to-whoever-sent-it"}).json["accepted"]
+
+
+def test_renew_session_right_after_remember_still_replaces_the_csrf_token(pgstore_settings):
+    app = browser(make_router(pgstore_settings, renew_on_login="false"))
+    before = app.get("/csrf").json["token"]
+    app.get("/remember_and_renew?user=alice")
+    assert app.get("/csrf").json["token"] != before
+    assert not app.post("/guarded", {"csrf_token": before}).json["accepted"]

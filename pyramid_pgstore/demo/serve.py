@@ -12,6 +12,7 @@ Usage: python -m pyramid_pgstore.demo.serve [development.ini]
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
@@ -38,11 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_appsettings(config_uri)
     if settings.get("pgstore.dsn") or os.environ.get("PGSTORE_DSN"):
         return pserve.main(argv=["pserve", config_uri]) or 0
-    # SIGTERM and SIGHUP (the terminal closed) become SystemExit, so the
-    # server below is stopped on the way out.
+    # SIGTERM and SIGHUP (the terminal closed; unless run under nohup)
+    # become SystemExit, so the server below is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
-    with LocalPostgres(Path("var/pg"), log=_say) as server:
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
+    base = Path("var/pg")
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / "demo.lock", "w") as lock:
+        try:  # held while this demo runs: a second one must not stop its server
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"pyramid_pgstore demo: another demo is running on {base.resolve()}", file=sys.stderr)
+            return 1
+        return _serve(config_uri, base)
+
+
+def _serve(config_uri: str, base: Path) -> int:
+    with LocalPostgres(base, log=_say) as server:
         os.environ["PGSTORE_DSN"] = server.create_database(DATABASE, exist_ok=True)
         try:
             return pserve.main(argv=["pserve", config_uri]) or 0
