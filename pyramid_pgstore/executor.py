@@ -166,8 +166,7 @@ class Executor:
         except psycopg2.errors.QueryCanceled as exc:
             raise _unavailable("the database canceled the statement", exc) from exc
         except psycopg2.errors.UndefinedColumn as exc:
-            problem = f"table {self.table} lacks a column this release uses ({str(exc).strip()})"
-            raise SchemaOutdated(self.table, problem) from exc
+            raise _schema_outdated(self.table, exc) from exc
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             if not conn.closed:  # the statement failed, the connection is fine
                 raise _unavailable("the database refused the statement", exc) from exc
@@ -234,8 +233,7 @@ class TransactionExecutor:
                 cur.execute(sql, params)
                 found = result(cur)
         except psycopg2.errors.UndefinedColumn as exc:
-            problem = f"table {self.table} lacks a column this release uses ({str(exc).strip()})"
-            raise SchemaOutdated(self.table, problem) from exc
+            raise _schema_outdated(self.table, exc) from exc
         except psycopg2.Error as exc:
             raise _unavailable("the statement failed in the app's transaction", exc) from exc
         if self.after is not None:
@@ -245,6 +243,10 @@ class TransactionExecutor:
 
 def _unavailable(what: str, exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(redact(f"{what}: {str(exc).strip()}"))
+
+
+def _schema_outdated(table: str, exc: Exception) -> SchemaOutdated:
+    return SchemaOutdated(table, f"table {table} lacks a column this release uses ({str(exc).strip()})")
 
 
 def one(cur: Cursor) -> tuple[Any, ...] | None:

@@ -54,6 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
     *_held_by(StoreOptions, "statement_timeout", "synchronous_commit", "prepare_statements"),
     *_held_by(StoreOptions, "cleanup_interval", "serializer", "failover_timeout", "commit_timeout"),
 )
+# The settings an options object holds (all but where the connections come from).
+_HELD = tuple(setting for setting in SETTINGS if setting.options is not None)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class PGStoreSettings:
             SessionOptions: self.session,
         }
         values: dict[str, Any] = {"dsn": self.dsn, "engine": self.engine}
-        for setting in SETTINGS[2:]:
+        for setting in _HELD:
             values[setting.name] = getattr(holders[setting.options], setting.name, None)
         return values
 
@@ -95,7 +97,7 @@ def parse_settings(settings: Mapping[str, Any], *, need_secret: bool = True) -> 
         listed = ", ".join(PREFIX + name for name in sorted(known))
         raise ConfigurationError(f"unknown setting {', '.join(unknown)}; known: {listed}")
     given: dict[type, dict[str, Any]] = {StoreOptions: {}, CookieOptions: {}, SessionOptions: {}}
-    for setting in SETTINGS[2:]:
+    for setting in _HELD:
         if PREFIX + setting.name in settings:
             given[setting.options][setting.name] = settings[PREFIX + setting.name]  # type: ignore[index]
     dsn, engine = (optional_text(settings.get(PREFIX + name)) for name in ("dsn", "engine"))

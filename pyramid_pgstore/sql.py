@@ -119,6 +119,7 @@ class Statements:
     ) -> None:
         t, _ = quoted_table(table)
         self._prepare = prepare
+        self._settings = (table, synchronous_commit, statement_timeout)
         self.quoted_table = t
         # Settings for one statement's transaction only: several statements
         # in one query string run as one implicit transaction, so SET LOCAL
@@ -250,6 +251,10 @@ class Statements:
             f" WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
+
+    def shifted(self) -> Statements:
+        """The same statements on the test clock (:data:`SHIFTED_NOW`), as text."""
+        return Statements(*self._settings, now=self.SHIFTED_NOW)
 
     def _statement(self, kind: str, prefix: str, body: str) -> Statement:
         """A per-request statement: text, or prepared (see _prepared)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 from pyramid.registry import Registry
 from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table, Text, text
@@ -120,7 +121,7 @@ class EngineCheckout(Checkout):
             self.engine.dispose()  # the idle ones went through the same restart or cut
             self.discarded += 1
             return
-        if conn.info.transaction_status != 0:  # not idle: do not hand it back half-done
+        if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:  # not idle: do not hand it back half-done
             pooled.invalidate()
             return
         conn.autocommit = False  # what SQLAlchemy expects of a DBAPI connection

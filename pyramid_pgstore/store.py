@@ -104,6 +104,7 @@ class PGStore(ExpiredRows):
             prepare=options.prepare_statements,
         )
         self._shifted: Statements | None = None  # built when a test first moves the clock
+        self._transaction_sql: Statements | None = None  # built for the first in_transaction()
         self._checkout = checkout
         self._executor = Executor(checkout, options.table, options.failover_wait, options.commit_timeout)
         self._cleanups: list[CleanupHandle] = []
@@ -119,9 +120,10 @@ class PGStore(ExpiredRows):
         owner holds open (``pgstore.transaction = shared``): no ``SET
         LOCAL`` of its own (it would outlive the statement), no prepared
         statements, no retry. ``after()`` runs after each statement."""
+        if self._transaction_sql is None:  # once: shared mode binds a copy per request
+            self._transaction_sql = Statements(self.table)
         bound = copy.copy(self)
-        bound._plain_sql = Statements(self.table)
-        bound._shifted = None
+        bound._plain_sql, bound._shifted = self._transaction_sql, None
         bound._executor = TransactionExecutor(conn, self.table, after)  # type: ignore[assignment]
         bound._table_checked = True
         return bound
@@ -132,12 +134,8 @@ class PGStore(ExpiredRows):
     def _sql(self) -> Statements:
         if not testing.clock.offset:
             return self._plain_sql
-        if self._shifted is None:
-            # While a test moves the clock: text statements, whatever the setting.
-            options = self.options
-            self._shifted = Statements(
-                options.table, options.synchronous_commit, options.statement_timeout, Statements.SHIFTED_NOW
-            )
+        if self._shifted is None:  # while a test moves the clock: text statements, whatever the setting
+            self._shifted = self._plain_sql.shifted()
         return self._shifted
 
     def _run(self, sql: Statement, params: dict[str, Any], result: Any, *, watched: bool = True) -> Any:

@@ -45,6 +45,14 @@ def log_in(app, user):
     return form.submit().follow()
 
 
+def logged_in_devices(demo, user):
+    """A laptop (Firefox) and a phone (Chrome), both logged in as ``user``."""
+    laptop, phone = device(demo, FIREFOX), device(demo, CHROME)
+    log_in(laptop, user)
+    log_in(phone, user)
+    return laptop, phone
+
+
 def sign_out_forms(page):
     return [form for key, form in page.forms.items() if isinstance(key, int) and "handle" in form.fields]
 
@@ -203,9 +211,7 @@ def test_a_user_agent_is_escaped_on_your_sessions(demo):
 
 
 def test_signing_out_a_device_makes_that_device_anonymous(demo):
-    laptop, phone = device(demo, FIREFOX), device(demo, CHROME)
-    log_in(laptop, "ann")
-    log_in(phone, "ann")
+    laptop, phone = logged_in_devices(demo, "ann")
     form = phone.get("/").forms["set"]
     form["value"] = "on the phone"
     form.submit()
@@ -222,9 +228,7 @@ def test_signing_out_a_device_makes_that_device_anonymous(demo):
 
 
 def test_signing_out_a_device_with_a_stale_form_says_nothing_happened(demo):
-    laptop, phone = device(demo, FIREFOX), device(demo, CHROME)
-    log_in(laptop, "ann")
-    log_in(phone, "ann")
+    laptop, _phone = logged_in_devices(demo, "ann")
     [sign_out] = sign_out_forms(laptop.get("/sessions"))
     sign_out.submit()
     page = sign_out.submit().follow()
@@ -258,9 +262,7 @@ def test_sign_out_all_other_devices(demo):
 
 
 def test_signing_out_without_the_csrf_token_is_refused(demo):
-    laptop, phone = device(demo, FIREFOX), device(demo, CHROME)
-    log_in(laptop, "ann")
-    log_in(phone, "ann")
+    laptop, phone = logged_in_devices(demo, "ann")
     [sign_out] = sign_out_forms(laptop.get("/sessions"))
     laptop.post("/sessions/sign-out", {"handle": sign_out["handle"].value}, status=400)
     laptop.post("/sessions/sign-out-others", status=400)
