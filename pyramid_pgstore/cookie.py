@@ -97,8 +97,15 @@ class SessionCookie:
         truncated, wrongly signed or undecodable cookie."""
         try:
             value = request.cookies.get(self.name)
-            if value is None:
-                return None, False
+        except UnicodeError:  # bytes that are not a cookie value
+            return None, False
+        return self.verify(value)
+
+    def verify(self, value: str | None) -> tuple[str | None, bool]:
+        """:meth:`read` for a cookie's value (None: no cookie)."""
+        if value is None:
+            return None, False
+        try:
             return self.signer.verify(value.encode("latin-1"))
         except (ValueError, UnicodeError):  # UnicodeError: bytes that are not a cookie value
             return None, False

@@ -25,7 +25,6 @@ import socket
 import stat
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def query(dsn: str, sql: str, params: Any = None, **connect: Any) -> list[tuple[Any, ...]]:
+    """The rows of one statement ([] for none), run in autocommit mode on a
+    connection of its own (``connect``: more ``psycopg2.connect`` arguments)."""
+    conn = psycopg2.connect(dsn, **connect)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
 
 
 def find_pg_ctl(bindir: str = "") -> str:
@@ -139,6 +151,7 @@ class LocalPostgres:
     host = "127.0.0.1"
     user = "postgres"
     password = None  # every local connection is trusted
+    initdb_options: tuple[str, ...] = ()  # more initdb arguments, for subclasses
 
     def __init__(
         self,
@@ -209,7 +222,15 @@ class LocalPostgres:
             return
         hand_over(self.base, self.run_as)
         self.log(f"creating a PostgreSQL cluster in {self.data}")
-        self.run("initdb", "-D", str(self.data), "--auth=trust", "--username=postgres", "--encoding=UTF8")
+        self.run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "--auth=trust",
+            f"--username={self.user}",
+            "--encoding=UTF8",
+            *self.initdb_options,
+        )
 
     def _options(self) -> str:
         sockets = f"'{self.base}'"
@@ -273,15 +294,8 @@ class LocalPostgres:
 
     def create_database(self, name: str, exist_ok: bool = False) -> str:
         """Create database ``name`` and return its DSN."""
-        admin = psycopg2.connect(self.dsn())
-        admin.autocommit = True
-        try:
-            with admin.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                if cur.fetchone() is None or not exist_ok:
-                    cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            admin.close()
+        if not exist_ok or not query(self.dsn(), "SELECT 1 FROM pg_database WHERE datname = %s", (name,)):
+            query(self.dsn(), f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
     def __enter__(self) -> LocalPostgres:
@@ -293,16 +307,6 @@ class LocalPostgres:
 
 
 # -- pgstore-pg-ctl -----------------------------------------------------------
-
-
-def launcher_path() -> str:
-    """Where ``pgstore-pg-ctl`` (:func:`pg_ctl_main`) is installed."""
-    name = "pgstore-pg-ctl"
-    for directory in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
-        candidate = os.path.join(directory, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
 
 
 def _data_dir(args: list[str]) -> Path | None:

@@ -7,7 +7,7 @@ on), never used by the store: ``pytest_pgstore``'s
 :class:`ReplicaPair` runs two throwaway servers (:class:`Node`, a
 :class:`~pyramid_pgstore.localdb.LocalPostgres`; under root they run as the
 unprivileged user): ``pgstore_node1`` starts as the primary and
-``pgstore_node2`` is made from it with ``pg_basebackup -R`` and streams its
+``pgstore_node2`` is made from it with ``pg_basebackup`` and streams its
 write-ahead log. Its methods do to the pair what happens to one in
 production: a crash, a promotion, a fence, a planned switchover, the old
 primary rejoining as a standby of the new one (``pg_rewind``).
@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg2
 
-from pyramid_pgstore.localdb import LocalPostgres, free_port, hand_over
+from pyramid_pgstore.localdb import LocalPostgres, free_port, hand_over, query
 
 DEFAULT_DBNAME = "pgstore_failover"
 
@@ -83,6 +83,8 @@ class Node(LocalPostgres):
         self.name = name
         self.conf = dict(conf or {})
 
+    initdb_options = ("--no-sync",)  # throwaway servers: a crash of the machine loses nothing of value
+
     def __repr__(self) -> str:
         return f"<Node {self.name} on port {self.port}>"
 
@@ -92,21 +94,13 @@ class Node(LocalPostgres):
         hold when ``pg_rewind`` runs the server alone to finish crash recovery."""
         if self.exists:
             return
-        hand_over(self.base, self.run_as)
-        self.run("initdb", "-D", self.datadir, "--auth=trust", f"--username={self.user}", "-E", "UTF8", "-N")
+        super().init()
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.writelines(f"{name} = {_quote(value)}\n" for name, value in self.conf.items())
 
     def query(self, sql: str, params: Any = None, dbname: str = "postgres") -> list[tuple]:
         """The rows of one statement, run on a new connection in autocommit mode ([] for none)."""
-        conn = psycopg2.connect(self.dsn(dbname), connect_timeout=5, application_name="pgstore_replication")
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return query(self.dsn(dbname), sql, params, connect_timeout=5, application_name="pgstore_replication")
 
     def value(self, sql: str, params: Any = None) -> Any:
         """The first column of the first row of ``sql`` (on the ``postgres`` database)."""
@@ -227,7 +221,7 @@ class ReplicaPair:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the primary, make ``dbname`` on it, make the replica with
-        ``pg_basebackup -R`` and start it; return once it streams (and, when
+        ``pg_basebackup`` and start it; return once it streams (and, when
         ``synchronous``, once the primary waits for it). Whatever started is
         stopped again if a step fails."""
         started = time.monotonic()
@@ -256,7 +250,7 @@ class ReplicaPair:
         hand_over(target.base, target.run_as)
         shutil.rmtree(target.data, ignore_errors=True)
         conninfo = source.conninfo_for(target.name)
-        target.run("pg_basebackup", "-D", target.datadir, "-d", conninfo, "-R", "-c", "fast", "-N")
+        target.run("pg_basebackup", "-D", target.datadir, "-d", conninfo, "-c", "fast", "-N")
         target.make_standby_of(source)
 
     def _attach(self, standby: Node, timeout: float) -> None:

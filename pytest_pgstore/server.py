@@ -57,12 +57,9 @@ def shared_server(directory: Path, bindir: str, run_as: str | None) -> LocalPost
         state_file = directory / _STATE
         if state_file.exists():
             return _server(directory, json.loads(state_file.read_text()))
-        server = LocalPostgres(
-            directory / "pg", settings=SETTINGS, run_as=run_as or "", bindir=bindir, log=lambda message: None
-        )
+        server = _server(directory, {"port": None, "run_as": run_as, "bindir": bindir})  # a free port
         server.start()
-        state = {"port": server.port, "run_as": run_as, "bindir": server.bindir}
-        state_file.write_text(json.dumps(state))
+        state_file.write_text(json.dumps({"port": server.port, "run_as": run_as, "bindir": server.bindir}))
         return server
 
 

@@ -48,13 +48,8 @@ class TestSessions:
         """The stored session named by ``app``'s cookie (its times too), or None."""
         factory = self._factory(app)
         value = app.cookies.get(factory.cookie.name)
-        if not value:
-            return None
-        try:
-            session_id = factory.cookie.signer.loads(value.strip('"').encode("latin-1"))
-        except ValueError:
-            return None
-        return factory.store.load(session_id)
+        session_id, _ = factory.cookie.verify(value.strip('"') if value else None)
+        return None if session_id is None else factory.store.load(session_id)
 
     @staticmethod
     def _factory(app: Any) -> Any:
