@@ -46,14 +46,19 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._inflight: dict[int, Watch] = {}
-        self._pid = 0  # the process whose thread watches (a fork has none)
+        self._started = False  # this process has the watching thread
         self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # A fork has no watching thread, and its parent's statements are not its own.
+        self._inflight, self._started, self._lock = {}, False, threading.Lock()
 
     def start(self, conn: Any, timeout: float | None) -> Watch | None:
         """Watch ``conn``'s statement for ``timeout`` seconds (None: not at all)."""
         if timeout is None:
             return None
-        if self._pid != os.getpid():
+        if not self._started:
             self._start_thread()
         watch = Watch(conn, time.monotonic() + timeout)
         self._inflight[id(watch)] = watch
@@ -73,12 +78,11 @@ class Watchdog:
 
     def _start_thread(self) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._started:
                 return
-            self._inflight.clear()  # a parent's statements are not this process's
             thread = threading.Thread(target=self._watch, name="pgstore-watchdog", daemon=True)
             thread.start()
-            self._pid = os.getpid()
+            self._started = True
 
     def _watch(self) -> None:
         while True:

@@ -92,14 +92,11 @@ def pgstore_proc(request: pytest.FixtureRequest) -> LocalPostgres:
     by pytest-xdist's workers. Has ``host``, ``port``, ``user``, ``datadir``,
     ``logfile``, ``unixsocketdir`` and ``admin_dsn``."""
 
-    from pyramid_pgstore.localdb import PG_CTL_ENV, RUN_AS_ENV, find_pg_ctl
+    from pyramid_pgstore.localdb import PG_CTL_ENV, RUN_AS_ENV
 
     from .server import shared_server
 
-    try:
-        pg_ctl = find_pg_ctl(_option(request.config, "pg_bindir"))
-    except FileNotFoundError as exc:
-        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
+    pg_ctl = _pg_ctl(request.config)
     run_as = _run_as(request.config)
     # For pgstore-pg-ctl, in every process: a test may stop and start the server.
     os.environ[PG_CTL_ENV] = pg_ctl
@@ -226,6 +223,16 @@ def pgstore_settings(pgstore_dsn: str) -> dict[str, str]:
     """``pgstore.*`` settings for ``config.include('pyramid_pgstore')``:
     the test database and a random secret. Merge them into your app's settings."""
     return {"pgstore.dsn": pgstore_dsn, "pgstore.secret": secrets.token_urlsafe(48)}
+
+
+def _pg_ctl(config: pytest.Config) -> str:
+    """PostgreSQL's pg_ctl (``--pgstore-pg-bindir``, else found); fails the test without it."""
+    from pyramid_pgstore.localdb import find_pg_ctl
+
+    try:
+        return find_pg_ctl(_option(config, "pg_bindir"))
+    except FileNotFoundError as exc:
+        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
 
 
 def _run_as(config: pytest.Config) -> str | None:
@@ -358,7 +365,8 @@ def pgstore_replica_pair_factory(request: pytest.FixtureRequest) -> Iterator[Any
     of ``pyramid_pgstore.localpair``), stopped after the test; skipped without ``pg_basebackup``."""
     from .replication import pair_factory
 
-    yield from pair_factory(_option(request.config, "pg_bindir"), _run_as(request.config), request)
+    bindir = os.path.dirname(_pg_ctl(request.config))
+    yield from pair_factory(bindir, _run_as(request.config), request.getfixturevalue("tmp_path_factory"))
 
 
 @pytest.fixture

@@ -11,26 +11,19 @@ from typing import Any
 
 import pytest
 
-from pyramid_pgstore.localdb import find_pg_ctl
 from pyramid_pgstore.localpair import ReplicaPair
 
 
-def pair_factory(bindir: str, run_as: str | None, request: pytest.FixtureRequest) -> Iterator[Callable]:
+def pair_factory(bindir: str, run_as: str | None, tmp: pytest.TempPathFactory) -> Iterator[Callable]:
     """The ``pgstore_replica_pair_factory`` fixture: yields ``make(**options)``, which
     starts a :class:`ReplicaPair` (``options``: its keyword arguments) in a new
     ``tmp_path_factory`` directory; then stops every pair it made, even if one will
-    not stop. Fails the test without server programs (as ``pgstore_proc`` does),
-    skips it without ``pg_basebackup``."""
-    try:
-        bindir = os.path.dirname(find_pg_ctl(bindir))
-    except FileNotFoundError as exc:
-        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
+    not stop. Skips the test without ``pg_basebackup`` in ``bindir``."""
     if not os.access(os.path.join(bindir, "pg_basebackup"), os.X_OK):  # pg_rewind is optional
         pytest.skip(
             f"pytest_pgstore: a replica pair needs pg_basebackup, which is not in {bindir} "
             "(Debian/Ubuntu: apt-get install postgresql-client; or see --pgstore-pg-bindir)"
         )
-    tmp = request.getfixturevalue("tmp_path_factory")
     with contextlib.ExitStack() as stops:
 
         def make(**options: Any) -> ReplicaPair:
