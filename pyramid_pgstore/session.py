@@ -131,11 +131,11 @@ class PGStoreSession(SessionDict):
         value = data.get(self.options.userid_key)
         return None if value is None else str(value)
 
-    def _owner_changed(self) -> bool:
+    def _new_owner_since_write(self) -> bool:
         """A new owner since the row was read or this request last wrote it (a renew)."""
         return self._loaded is not None and self._owner_of(self._loaded.data) != self.owner
 
-    def _owner_switched(self) -> bool:
+    def _new_owner_since_read(self) -> bool:
         return self.owner != self._read_owner
 
     # -- ISession -------------------------------------------------------------
@@ -236,7 +236,7 @@ class PGStoreSession(SessionDict):
 
     def _logged_out_by_forget(self) -> bool:
         """The loaded session had a user, and this request removed it."""
-        return self._owner_changed() and self.owner is None
+        return self._new_owner_since_write() and self.owner is None
 
     def _abandon(self, response: Response) -> None:
         """The request's transaction aborted (pyramid_tm, ``auto``): nothing
@@ -265,7 +265,7 @@ class PGStoreSession(SessionDict):
             elif self._delete_cookie:  # invalidate() ended the session this request had
                 self.cookie.delete(response)
             return
-        renew = self._renew_asked or (self.options.renew_on_login and self._owner_changed())
+        renew = self._renew_asked or (self.options.renew_on_login and self._new_owner_since_write())
         self._drop_stale_csrf_token()
         if renew and not self and self._logged_out_by_forget():
             # Its user logged out (forget()) and nothing is left: end it, as invalidate().

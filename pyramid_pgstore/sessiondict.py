@@ -73,14 +73,14 @@ class SessionDict(dict):
 
     _read_token: str | None = None  # the CSRF token of the session as read from storage
 
-    def _owner_switched(self) -> bool:
+    def _new_owner_since_read(self) -> bool:
         """Whether the session changed hands (a login, a logout) since it was read."""
         return False
 
     def _csrf_token_stale(self, token: str) -> bool:
         # Whoever planted a session before its login (fixation) knows its
         # CSRF token: a new user gets a new one, as Django's login() does.
-        return self._owner_switched() and token == self._read_token
+        return self._new_owner_since_read() and token == self._read_token
 
     def _drop_stale_csrf_token(self) -> None:
         """Forget a stale token: the next get_csrf_token() makes a new one."""
@@ -91,6 +91,6 @@ class SessionDict(dict):
         """``data`` (this session merged into another request's write)
         without a CSRF token that this request does not hold, once the owner
         changed: another request on the pre-login id may have made it."""
-        if self._owner_switched() and data.get(CSRF_KEY) not in (None, self.get(CSRF_KEY)):
+        if self._new_owner_since_read() and data.get(CSRF_KEY) not in (None, self.get(CSRF_KEY)):
             return {key: value for key, value in data.items() if key != CSRF_KEY}
         return data
