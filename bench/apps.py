@@ -3,10 +3,11 @@
 ``gunicorn 'apps:make_app()'`` (with ``--pythonpath bench``) builds it from
 environment variables that ``bench/run.py`` sets (``matrix.start_backends``):
 
-``BENCH_BACKEND``   ``cookie``, ``redis``, ``redis-lru``, ``floor``, ``pgstore`` or
+``BENCH_BACKEND``   ``cookie``, ``redis``, ``redis-lru``, ``lean``, ``floor``, ``pgstore``,
                     ``pgstore-prep`` (pgstore with ``pgstore.prepare_statements = true``)
+                    or ``pgstore-base`` (the library at ``--baseline``)
 ``BENCH_SECRET``    the signing secret (the same for every backend)
-``BENCH_DSN``       PostgreSQL DSN (floor, pgstore)
+``BENCH_DSN``       PostgreSQL DSN (lean, floor, pgstore)
 ``BENCH_REDIS_URL`` redis URL (redis)
 ``BENCH_TIMEOUT``   idle timeout in seconds
 ``BENCH_TABLE``     pgstore.table (pgstore; the scale section uses a second table)
@@ -92,6 +93,10 @@ def session_factory(backend: str, env: dict[str, str]) -> Any:
         from floor import FloorSessionFactory
 
         return FloorSessionFactory(env["BENCH_DSN"], secret, timeout)
+    if backend == "lean":
+        from lean import LeanSessionFactory
+
+        return LeanSessionFactory(env["BENCH_DSN"], secret)  # no expiry: nothing to time out
     raise ValueError(f"unknown backend {backend!r}")
 
 

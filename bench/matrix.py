@@ -24,7 +24,7 @@ from typing import Any
 import psycopg2
 from servers import app_server, foreign_load, http_get, log, wait_until_quiet, wrk
 
-BACKENDS = ("cookie", "redis", "redis-lru", "floor", "pgstore", "pgstore-prep")
+BACKENDS = ("cookie", "redis", "redis-lru", "lean", "floor", "pgstore", "pgstore-prep")
 # With --baseline REF: pyramid_pgstore as it was at REF (its package on
 # PYTHONPATH, ahead of the installed one), on a table of its own.
 BASELINE = "pgstore-base"
@@ -34,7 +34,7 @@ def backend_names(args: argparse.Namespace) -> tuple[str, ...]:
     return (*BACKENDS, BASELINE) if getattr(args, "baseline", None) else BACKENDS
 
 
-RATIO_TO = ("cookie", "floor", "redis", "redis-lru")
+RATIO_TO = ("cookie", "lean", "floor", "redis", "redis-lru")
 # (endpoint, synchronous_commit): reads write nothing, so they run once, with
 # the server default (on); the write endpoint runs under both settings.
 BLOCKS = (("untouched", "on"), ("read", "on"), ("write", "on"), ("write", "off"))

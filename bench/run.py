@@ -6,8 +6,10 @@ dir), a throwaway redis-server, and one gunicorn server per backend; creates
 the sessions through each backend's own /write; drives /untouched, /read and
 /write with wrk, rotating over the sessions, backends interleaved within each
 repetition; then times PGStore against raw psycopg2 in-process (micro) and
-reads at 1,000 vs 1,000,000 rows (scale). Everything it started is stopped on
-exit, Ctrl-C included.
+reads at 1,000 vs 1,000,000 rows (scale); then counts the instructions of a
+request in the app process and in its PostgreSQL backend under callgrind
+(counts, bench/counts.py). Everything it started is stopped on exit, Ctrl-C
+included.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--reps N] [--duration S] ...
 (``make bench`` runs the full version; ``bench/setup.sh`` installs wrk,
@@ -27,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import counts
 import floor
+import lean
 import report
 from matrix import TIMEOUT, pg_facts, run_matrix, start_backends
 from micro import run_micro
@@ -77,7 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run pyramid_pgstore as it was at this git ref (say, the previous release)"
         " as backend pgstore-base, on a table of its own",
     )
-    parser.add_argument("--skip", action="append", default=[], choices=("matrix", "micro", "scale"))
+    parser.add_argument(
+        "--counts-requests", type=int, help="counted requests per endpoint and backend (full 100, quick 20)"
+    )
+    parser.add_argument(
+        "--counts-runs", type=int, help="whole count runs, to show they repeat (full 2, quick 1)"
+    )
+    parser.add_argument("--skip", action="append", default=[], choices=("matrix", "micro", "scale", "counts"))
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -87,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.micro_rounds = args.micro_rounds or (500 if quick else 4000)
     args.scale_rows = args.scale_rows or (100_000 if quick else 1_000_000)
     args.max_wait = args.max_wait if args.max_wait is not None else (10 if quick else 120)
+    args.counts_requests = args.counts_requests or (20 if quick else 100)
+    args.counts_runs = args.counts_runs or (1 if quick else 2)
     if args.sessions < 1 or args.reps < 1:
         parser.error("--sessions and --reps must be at least 1")
     return args
@@ -105,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: run bench/setup.sh (apt-get install wrk)")
+    if "counts" not in args.skip and shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is missing: run bench/setup.sh (apt-get install valgrind)")
     stop_on_signals()
     started = time.monotonic()
     library = report.library_version()  # before the run: the code the servers load
@@ -113,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         dsn = stack.enter_context(postgres(tmp / "pg")).dsn(DATABASE)
         redis_url = stack.enter_context(redis_server(tmp))
         floor.create_table(dsn)
+        lean.create_table(dsn)
         facts = pg_facts(dsn)
         if args.baseline:
             report.export_package(args.baseline, tmp / "baseline")
@@ -137,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
             pg_env = {**env, "BENCH_BACKEND": "pgstore"}
             scale = run_scale(dsn, pg_env, backends["pgstore"], tmp, args)
 
+    counted = None
+    if "counts" not in args.skip:
+        counted = counts.measure(counts.options(args), log)
+
     report.print_header(args, facts, library)
-    report.print_sections(results, micro, scale)
+    report.print_sections(results, micro, scale, counted)
     print(f"\ntotal time {time.monotonic() - started:.0f} s, of which {WAITED[0]:.0f} s waiting for quiet")
     if args.json:
-        report.write_json(args.json, args, facts, results, micro, scale)
+        report.write_json(args.json, args, facts, results, micro, scale, counted)
     return 0
 
 
