@@ -533,6 +533,17 @@ class PatroniCluster:
         _kill(postmaster)
         self._wait(lambda: not any(_alive(pid) for pid in children), timeout, f"{name}'s processes to end")
 
+    def kill_patroni(self, name: str) -> None:
+        """``SIGKILL`` to ``name``'s Patroni alone: its PostgreSQL runs on (as when
+        Patroni crashes on a node without Patroni's watchdog). Its key expires after
+        ``ttl``; a leader's standby is then promoted beside it: a split brain."""
+        member = self.member(name)
+        if member.process is not None:
+            _kill(member.process.pid)
+            member.process.wait()
+            member.process = None
+        self._killed_at = time.monotonic()
+
     def kill_leader(self, timeout: float = 60.0) -> str:
         """Crash the leader (:meth:`kill_member`); return its name. Its leader key
         stays in etcd until its ``ttl`` runs out: only then may another node take over."""
@@ -542,7 +553,8 @@ class PatroniCluster:
         return leader
 
     def wait_for_failover(self, killed: str, timeout: float = 120.0) -> str:
-        """After :meth:`kill_leader`: wait for another leader; its name."""
+        """After :meth:`kill_leader` (or :meth:`kill_patroni` of the leader): wait
+        for another leader; its name."""
         new = self.wait_for_leader(timeout, other_than=killed)
         self.timings["failover"] = time.monotonic() - self._killed_at
         return new

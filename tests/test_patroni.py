@@ -13,8 +13,11 @@ requests meanwhile, each after waiting those 5 s, while one waiting longer
 than the ``ttl`` fails none; no acknowledged write is lost. Then
 ``synchronous_mode_strict`` with no standby left: commits block until the
 store's ``commit_timeout`` cancels them, and the write stays on the primary.
+Then the leader's Patroni killed alone, its PostgreSQL left running beside
+the promoted standby: writes there fail after ``commit_timeout``, and
+nothing acknowledged is lost.
 
-Slow (a minute or two): marked ``patroni`` (``-m "not patroni"`` leaves it out;
+Slow (three clusters, two to three minutes): marked ``patroni`` (``-m "not patroni"`` leaves it out;
 ``.ci/wheel-suite`` does, ``make test`` runs it). Skipped without etcd and Patroni
 (``.ci/need-patroni`` installs them as root).
 """
@@ -117,3 +120,35 @@ def test_synchronous_mode_strict_blocks_commits_until_commit_timeout_and_keeps_t
         cluster.rejoin(standby)
         store.save("after", {"n": 3}, 600)
         assert store.load("after").data == {"n": 3}
+
+
+def test_a_dead_patroni_whose_postgresql_runs_on_fails_writes_and_loses_nothing_acknowledged(
+    pgstore_patroni_cluster,
+):
+    """Patroni killed alone on the leader (no watchdog to reset the node): its
+    key expires, its synchronous standby is promoted, and the old primary runs
+    on, writable, first in the DSN's host list. Its commits wait for a standby
+    that no longer streams from it: every write there fails after
+    ``commit_timeout``, none is acknowledged, so none is lost; writes come back
+    once that server stops."""
+    cluster = pgstore_patroni_cluster
+    old = cluster.leader()
+    assert old == cluster.members[0].name  # first in cluster.dsn: libpq tries it first
+    with PGStore(cluster.dsn, pool_max=6, failover_timeout=5, commit_timeout=2) as store:
+        with Writers(store, 2, "split") as writers:
+            time.sleep(1.0)
+            cluster.kill_patroni(old)
+            new = cluster.wait_for_failover(old)
+            promoted = time.monotonic()
+            time.sleep(5.0)  # the old primary still answers, writable
+            stopped = time.monotonic()
+            cluster.kill_member(old)
+            time.sleep(2.0)
+        print(f"split: {writers.during(promoted, stopped)}")
+        # The saves made while both ran (a save met by the stop is retried on the new primary).
+        after_promotion = [entry for entry in writers.log if promoted < entry[0] and sum(entry[:2]) < stopped]
+        assert after_promotion, "no save was made while both primaries ran"
+        assert all(error == "StoreUnavailable" for _, _, _, error in after_promotion), after_promotion
+        assert all(seconds >= 2 for _, seconds, _, _ in after_promotion), after_promotion
+        assert writers.succeeded_after(stopped + 1)
+        assert lost_writes(writers, cluster.member(new).dsn(cluster.dbname)) == []
