@@ -34,6 +34,9 @@ dev_extras = [
     *sqlalchemy_extras,
     "pytest-xdist>=3",
     "waitress>=3",
+    # tests/test_forked_workers.py: workers forked by a real gunicorn --preload
+    # (bench/soak.py uses it too).
+    "gunicorn>=22",
     "ruff",
     "mypy",  # py.typed promises types: make lint checks them
 ]

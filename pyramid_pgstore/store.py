@@ -90,6 +90,7 @@ class PGStore(ExpiredRows):
         store = cls.__new__(cls)
         store.dsn = None
         store._open(checkout, options)
+        checkout.release()  # an engine's pool keeps no connection of the construction (see EngineCheckout)
         return store
 
     def _open(self, checkout: Checkout, options: StoreOptions) -> None:
