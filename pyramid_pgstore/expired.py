@@ -61,7 +61,9 @@ class ExpiredRows:
         return self._executor.hold_lock(*lock, wait=wait, stop=stop)
 
     def count_expired(self) -> int:
-        """How many expired rows are waiting for cleanup (a full count)."""
+        """How many rows a cleanup pass would delete now (a full count):
+        expired sessions, less those ended within the last
+        :data:`~pyramid_pgstore.sql.ENDED_GRACE`, which cleanup keeps."""
         return self._run(self._sql.count_expired, {}, scalar, watched=False)  # a scan: no commit_timeout
 
     def table_stats(self) -> dict[str, int]:

@@ -229,7 +229,10 @@ class Statements:
         self.delete_session_of = (
             f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live}"
         )
-        self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
+        # What a cleanup pass would delete now (delete_expired_batch's rows).
+        self.count_expired = (
+            f"SELECT count(*) FROM {t} WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
+        )
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
             " pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
