@@ -74,6 +74,40 @@ def _just_ended(now: str, row: str = "") -> str:
     return f"{row}data = '' AND {row}modified_on + interval '{ENDED_GRACE}' > {now}"
 
 
+# Every parameter's type, for statements that run on a connection of the
+# app's (typed below).
+PARAMETER_TYPES = {
+    **dict.fromkeys(("key", "new_key", "old_key", "keep", "data", "userid", "ip", "ua", "version"), "text"),
+    **dict.fromkeys(("ttl", "cap"), "interval"),
+    "table": "text",  # the quoted name, as text (cast to regclass where the statement says so)
+    "limit": "integer",
+    "offset": "float8",
+}
+_UNTYPED_PARAMETER = re.compile(r"%\((\w+)\)s(?!::)")
+
+
+def typed(sql: str) -> str:
+    """``sql`` with every parameter that has no cast given one from
+    :data:`PARAMETER_TYPES` (``%(key)s::text``).
+
+    psycopg2 writes the values into the statement's text, where PostgreSQL
+    sees literals; psycopg 3 sends them apart (``$1``), and PostgreSQL must
+    then infer each one's type from the statement, which it cannot from
+    ``%(version)s IS NULL`` (``could not determine data type of parameter``).
+    With a cast on each, the statement means the same on both drivers.
+
+    :raises KeyError: a parameter :data:`PARAMETER_TYPES` does not know.
+    """
+
+    def cast(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in PARAMETER_TYPES:
+            raise KeyError(f"no type for the parameter %({name})s: add it to sql.PARAMETER_TYPES")
+        return f"{match.group(0)}::{PARAMETER_TYPES[name]}"
+
+    return _UNTYPED_PARAMETER.sub(cast, sql)
+
+
 class Statements:
     """The SQL text for one table, built once.
 
@@ -100,6 +134,11 @@ class Statements:
 
     Each write family is a pair: ``(with a lifetime, forever)``.
 
+    ``typed=True`` casts every parameter to its type (:func:`typed`): for the
+    statements run in the app's transaction (``pgstore.transaction =
+    shared``), on whatever driver its SQLAlchemy session uses, psycopg 3
+    included. The store's own statements, always on psycopg2, go without.
+
     A write of data names the version it read (``%(version)s``, the row's
     ``xmin``): it changes the row only if no other request wrote it since,
     else the store merges and tries again. An ended session is a row with
@@ -116,9 +155,11 @@ class Statements:
         statement_timeout: float | None = None,
         now: str = "now()",
         prepare: bool = False,
+        typed: bool = False,
     ) -> None:
         t, _ = quoted_table(table)
         self._prepare = prepare
+        self._typed = typed
         self._settings = (table, synchronous_commit, statement_timeout)
         self.quoted_table = t
         # Settings for one statement's transaction only: several statements
@@ -255,9 +296,20 @@ class Statements:
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
 
+        if typed:
+            self._type_parameters()
+
     def shifted(self) -> Statements:
         """The same statements on the test clock (:data:`SHIFTED_NOW`), as text."""
-        return Statements(*self._settings, now=self.SHIFTED_NOW)
+        return Statements(*self._settings, now=self.SHIFTED_NOW, typed=self._typed)
+
+    def _type_parameters(self) -> None:
+        """Give every parameter of every statement its type (:func:`typed`)."""
+        for name, value in vars(self).items():
+            if isinstance(value, str):
+                setattr(self, name, typed(value))
+            elif isinstance(value, tuple) and all(isinstance(each, str) for each in value):
+                setattr(self, name, tuple(typed(each) for each in value))
 
     def _statement(self, kind: str, prefix: str, body: str) -> Statement:
         """A per-request statement: text, or prepared (see _prepared)."""

@@ -14,7 +14,7 @@ from psycopg2.extensions import connection as Connection
 from pyramid.registry import Registry
 from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table, Text, text
 from sqlalchemy.dialects.postgresql import TIMESTAMP
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from . import schema
 from .errors import PGStoreError, PoolTimeout
@@ -83,20 +83,34 @@ def register_engine(registry: Registry, engine: Engine, prefix: str = "sqlalchem
     engines[prefix] = engine
 
 
-def unsupported(engine: Engine) -> str | None:
-    """Why the store cannot take its connections from ``engine``, or None.
+def _foreign_driver(url: URL) -> str | None:
+    """What is wrong with an engine of ``url`` for the store, or None.
 
-    The store's statements, retries and cancels are written for psycopg2:
-    an engine of another driver (psycopg 3's ``postgresql+psycopg``, asyncpg,
-    pg8000) or another database cannot lend it connections.
+    The store's statements, retries and cancels are psycopg2's: an engine of
+    another driver (psycopg 3's ``postgresql+psycopg``, asyncpg, pg8000) or
+    of another database cannot lend it connections.
     """
-    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2":
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if (backend, driver) == ("postgresql", "psycopg2"):
+        return None
+    return f"the engine is {backend}+{driver}; the store borrows psycopg2 connections only"
+
+
+def unsupported(url: URL | str) -> str | None:
+    """Why ``pgstore.engine`` cannot name an engine on ``url``, and what to
+    set instead (``pgstore.dsn``, which takes the engine's URL as it is, and
+    ``pgstore.transaction = shared``, which runs the session's statements
+    on the app's connections whatever their driver); None if it can.
+
+    :raises sqlalchemy.exc.ArgumentError: ``url`` is not a URL.
+    """
+    problem = _foreign_driver(sqlalchemy.engine.make_url(url))
+    if problem is None:
         return None
     return (
-        f"the engine is {engine.dialect.name}+{engine.dialect.driver}, and the store borrows only "
-        "psycopg2 connections (postgresql+psycopg2://); keep this engine for the app and give the store "
-        "its own psycopg2 pool instead: pgstore.dsn = the engine's URL as postgresql://user@host/dbname "
-        "(with pgstore.transaction = shared to write the session in the app's transaction, on its connection)"
+        f"{problem} (postgresql+psycopg2://). Give the store a pool of its own instead: pgstore.dsn = "
+        "the engine's URL (and pgstore.transaction = shared to write the session in the app's "
+        "transaction, on its connection)"
     )
 
 
@@ -117,9 +131,9 @@ class EngineCheckout(Checkout):
     """
 
     def __init__(self, engine: Engine, timeout: float) -> None:
-        reason = unsupported(engine)
-        if reason is not None:
-            raise PGStoreError(f"PGStore.from_engine: {reason}")
+        problem = _foreign_driver(engine.url)
+        if problem is not None:
+            raise PGStoreError(f"PGStore.from_engine: {problem}; use PGStore(dsn) with the engine's URL")
         self.engine = engine
         self._lent: dict[int, Any] = {}  # id(DBAPI connection) -> SQLAlchemy's pooled connection
         self._building = True  # until release(): give connections back closed

@@ -122,7 +122,7 @@ class PGStore(ExpiredRows):
         LOCAL`` of its own (it would outlive the statement), no prepared
         statements, no retry. ``after()`` runs after each statement."""
         if self._transaction_sql is None:  # once: shared mode binds a copy per request
-            self._transaction_sql = Statements(self.table)
+            self._transaction_sql = Statements(self.table, typed=True)  # on the app's driver, maybe psycopg 3
         bound = copy.copy(self)
         bound._plain_sql, bound._shifted = self._transaction_sql, None
         bound._executor = TransactionExecutor(conn, self.table, after)  # type: ignore[assignment]

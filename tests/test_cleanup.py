@@ -236,6 +236,22 @@ def test_configuration_errors_exit_2_with_a_message_and_no_traceback(ini, tmp_pa
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("prog, main_of", [("pgstore-cleanup", main), ("pgstore-schema", schema_main)])
+def test_an_engine_the_store_cannot_borrow_from_exits_2_naming_the_setting(prog, main_of, tmp_path, capsys):
+    """pgstore.engine naming a psycopg 3 engine: refused as config.include
+    refuses it, in one line that says what to set instead."""
+    path = tmp_path / "psycopg3.ini"
+    path.write_text(
+        "[app:main]\nuse = egg:pyramid_pgstore\npgstore.engine = sqlalchemy.\n"
+        "sqlalchemy.url = postgresql+psycopg://app@127.0.0.1:9/app\n"
+    )
+    assert main_of([prog, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{prog}: {path}: pgstore.engine: the engine is postgresql+psycopg;" in err
+    assert "pgstore.dsn = the engine's URL" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["pgstore-cleanup", "x.ini", "--batch-size", "0"])
