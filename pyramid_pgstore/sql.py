@@ -81,7 +81,6 @@ PARAMETER_TYPES = {
     **dict.fromkeys(("ttl", "cap"), "interval"),
     "table": "text",  # the quoted name, as text (cast to regclass where the statement says so)
     "limit": "integer",
-    "offset": "float8",
 }
 _UNTYPED_PARAMETER = re.compile(r"%\((\w+)\)s(?!::)")
 
@@ -111,9 +110,10 @@ def typed(sql: str) -> str:
 class Statements:
     """The SQL text for one table, built once.
 
-    ``now`` is the database clock: plain ``now()`` in production, and
-    ``SHIFTED_NOW`` (now plus the test clock's offset) only while a test has
-    moved the clock, so production statements carry no test-only arithmetic.
+    ``now`` is the database clock: plain ``now()`` in production, and now
+    plus an offset written into the text (:meth:`shifted`) only in a store
+    whose clock a test has moved, so production statements carry no
+    test-only arithmetic and take no test-only parameter.
     By default every statement is sent as text, so PostgreSQL parses and
     plans it on each execution (server-side prepared statements do not
     survive PgBouncer's transaction mode; ``prepare=True`` makes the
@@ -145,8 +145,6 @@ class Statements:
     empty ``data`` that has expired at the moment it ended; cleanup leaves
     it for :data:`ENDED_GRACE`.
     """
-
-    SHIFTED_NOW = "(now() + %(offset)s * interval '1 second')"
 
     def __init__(
         self,
@@ -299,9 +297,11 @@ class Statements:
         if typed:
             self._type_parameters()
 
-    def shifted(self) -> Statements:
-        """The same statements on the test clock (:data:`SHIFTED_NOW`), as text."""
-        return Statements(*self._settings, now=self.SHIFTED_NOW, typed=self._typed)
+    def shifted(self, offset: float) -> Statements:
+        """The same statements with "now" ``offset`` seconds later (a test's
+        clock), as text whatever ``prepare`` says, typed if these are."""
+        now = f"(now() + interval '{float(offset):.6f} seconds')"
+        return Statements(*self._settings, now=now, typed=self._typed)
 
     def _type_parameters(self) -> None:
         """Give every parameter of every statement its type (:func:`typed`)."""
