@@ -80,7 +80,8 @@ PARAMETER_TYPES = {
     **dict.fromkeys(("key", "new_key", "old_key", "keep", "data", "userid", "ip", "ua", "version"), "text"),
     **dict.fromkeys(("ttl", "cap"), "interval"),
     "table": "text",  # the quoted name, as text (cast to regclass where the statement says so)
-    "limit": "integer",
+    "lifetime": "float8",
+    **dict.fromkeys(("limit", "most"), "integer"),
 }
 _UNTYPED_PARAMETER = re.compile(r"%\((\w+)\)s(?!::)")
 
@@ -173,10 +174,14 @@ class Statements:
         self._limit, self._write, self._now = limit, write, now
         live = f"expires_on + interval '0 s' > {now}"
         unchanged = "(%(version)s IS NULL OR xmin = %(version)s::xid)"
-        columns = "key, data, userid, ip, user_agent, created_on, modified_on, last_seen, expires_on"
-        fresh = f"%(userid)s, %(ip)s, %(ua)s, {now}, {now}, {now}"  # a new row's owner, client, times
+        columns = (
+            "key, data, userid, ip, user_agent, lifetime, created_on, modified_on, last_seen, expires_on"
+        )
+        # A new row's owner, client, own lifetime (set_expiry; NULL: the factory's) and times.
+        fresh = f"%(userid)s, %(ip)s, %(ua)s, %(lifetime)s::float8, {now}, {now}, {now}"
         ended = (
-            f"data = '', userid = NULL, ip = NULL, user_agent = NULL, modified_on = {now}, expires_on = {now}"
+            "data = '', userid = NULL, ip = NULL, user_agent = NULL, lifetime = NULL,"
+            f" modified_on = {now}, expires_on = {now}"
         )
         dead = f"(s.expires_on + interval '0 s' <= {now} OR s.created_on + %(cap)s::interval <= {now})"
 
@@ -184,7 +189,8 @@ class Statements:
         self.load = self._statement(
             "load",
             limit,
-            f"SELECT data, created_on, modified_on, expires_on, {now}, xmin FROM {t} WHERE key = %(key)s",
+            f"SELECT data, created_on, modified_on, expires_on, {now}, xmin, lifetime"
+            f" FROM {t} WHERE key = %(key)s",
         )
         # Insert or replace, one statement whether the row exists or not. A
         # row that had expired starts over with a new created_on.
@@ -193,7 +199,8 @@ class Statements:
             lambda expires: (
                 f"INSERT INTO {t} AS s ({columns}) VALUES (%(key)s, %(data)s, {fresh}, {expires})"
                 " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, userid = EXCLUDED.userid,"
-                " ip = EXCLUDED.ip, user_agent = EXCLUDED.user_agent, modified_on = EXCLUDED.modified_on,"
+                " ip = EXCLUDED.ip, user_agent = EXCLUDED.user_agent, lifetime = EXCLUDED.lifetime,"
+                " modified_on = EXCLUDED.modified_on,"
                 " last_seen = EXCLUDED.last_seen, expires_on = EXCLUDED.expires_on,"
                 " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
                 " THEN s.created_on ELSE EXCLUDED.created_on END"
@@ -205,7 +212,7 @@ class Statements:
         def replace(set_expiry: str) -> str:
             return (
                 f"UPDATE {t} SET data = %(data)s, userid = %(userid)s, ip = %(ip)s, user_agent = %(ua)s,"
-                f" modified_on = {now}, last_seen = {now}{set_expiry}"
+                f" lifetime = %(lifetime)s::float8, modified_on = {now}, last_seen = {now}{set_expiry}"
                 f" WHERE key = %(key)s AND {live} AND {unchanged}"
             )
 
@@ -259,14 +266,23 @@ class Statements:
         # A user's sessions: the partial index on userid (rows that have one).
         seen = "coalesce(last_seen, modified_on)"  # rows from before last_seen existed have none
         self.sessions_of = (
-            f"{limit}SELECT key, userid, created_on, {seen}, expires_on, ip, user_agent FROM {t}"
+            f"{limit}SELECT key, userid, created_on, {seen}, expires_on, ip, user_agent, lifetime FROM {t}"
             f" WHERE userid = %(userid)s AND {live} ORDER BY {seen} DESC, created_on DESC"
         )
+        # Each returns the keys it deleted, for the SessionEnded events.
         self.delete_sessions_of = (
-            f"{write}DELETE FROM {t} WHERE userid = %(userid)s AND {live} AND key <> %(keep)s"
+            f"{write}DELETE FROM {t} WHERE userid = %(userid)s AND {live} AND key <> %(keep)s RETURNING key"
         )
         self.delete_session_of = (
-            f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live}"
+            f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live} RETURNING key"
+        )
+        # max_sessions_per_user: a user's live sessions beyond the %(most)s most
+        # recently seen. Run after a login is stored (its own statement, on
+        # rows every committed login has written), so simultaneous logins each
+        # see the others' rows, and the last to run leaves no more than that.
+        self.delete_sessions_beyond = (
+            f"{write}DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE userid = %(userid)s AND {live}"
+            f" ORDER BY {seen} DESC, created_on DESC OFFSET %(most)s) RETURNING key"
         )
         # What a cleanup pass would delete now (delete_expired_batch's rows).
         self.count_expired = (

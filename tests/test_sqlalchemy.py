@@ -1,6 +1,7 @@
 """An app laid out like pyramid-cookiecutter-starter's SQLAlchemy backend:
 pyramid_tm, zope.sqlalchemy, ``request.dbsession``, WebTest."""
 
+import re
 import time
 
 import psycopg2
@@ -308,6 +309,20 @@ def test_pgstore_engine_refuses_a_psycopg3_engine_naming_the_setting_and_what_to
     message = str(info.value)
     assert message.startswith("pgstore.engine: the engine is postgresql+psycopg;")
     assert "pgstore.dsn = the engine's URL" in message and "pgstore.transaction = shared" in message
+
+
+def test_every_statement_built_for_a_transaction_gives_each_parameter_a_type():
+    """What psycopg 3 needs (sql.typed): a statement added with a parameter
+    sql.PARAMETER_TYPES does not know fails here, not in an app."""
+    from pyramid_pgstore.sql import Statements
+
+    statements = vars(Statements("s.http_sessions", typed=True))
+    texts = [
+        text for value in statements.values() for text in (value if isinstance(value, tuple) else [value])
+    ]
+    untyped = [text for text in texts if isinstance(text, str) and re.search(r"%\(\w+\)s(?!::)", text)]
+    assert untyped == []
+    assert any("%(version)s::text IS NULL" in text for text in texts if isinstance(text, str))
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg3"])
