@@ -2,8 +2,8 @@
 # Install what bench/run.py needs and the project does not: wrk, redis-server
 # and valgrind (Debian packages; valgrind for bench/counts.py), and the peer
 # store, its client, the WSGI server and psutil (PyPI, into the project's venv;
-# psutil tells the harness's CPU from the rest of the machine's). Safe to run again: it only installs
-# what is missing. Usage: bench/setup.sh [path/to/venv]
+# psutil tells the harness's CPU from the rest of the machine's). Safe to run
+# again: it only installs what is missing. Usage: bench/setup.sh [path/to/venv]
 set -euo pipefail
 VENV=${1:-${VENV:-.venv}}
 missing=()
@@ -22,5 +22,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! "$VENV/bin/python" -c 'import pyramid_session_redis, redis, gunicorn, psutil' 2>/dev/null; then
     echo "bench: installing pyramid_session_redis, redis, gunicorn, psutil into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet 'pyramid_session_redis>=1.7' 'redis>=5' 'gunicorn>=22' 'psutil>=5'
+    "$VENV/bin/python" -m pip install --quiet 'pyramid_session_redis>=1.7' 'redis>=5' 'gunicorn>=22' psutil
 fi
