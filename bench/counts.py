@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+BENCH = Path(__file__).resolve().parent
 ENDPOINTS = ("untouched", "read", "write")
 BACKENDS = ("lean", "floor", "pgstore")
 BASELINE = "pgstore-base"
@@ -320,14 +321,15 @@ def dump_file(directory: Path, prefix: str, pid: int, number: int, thread: int |
 
 
 def run_child(
-    backend: str, env: dict[str, str], pg_out: Path, work: Path, args: argparse.Namespace
+    backend: str, env: dict[str, str], pg_out: Path, work: Path, code: Path, args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
-    """One backend's child under callgrind; its instructions per request."""
+    """One backend's child under callgrind (the bench's scripts from ``code``);
+    its instructions per request."""
     out = work / backend
     out.mkdir(parents=True)
     marks = [f"--zero-before={APP_MARKS[0]}", f"--dump-before={APP_MARKS[1]}"]
     argv = [*CALLGRIND, "--separate-threads=yes", f"--callgrind-out-file={out}/app.%p", *marks]
-    argv += [sys.executable, __file__, "--child"]
+    argv += [sys.executable, str(code / "bench" / "counts.py"), "--child"]
     argv += ["--requests", str(args.requests), "--warmup", str(args.warmup), "--sessions", str(args.sessions)]
     child_env = {**env, "BENCH_BACKEND": backend, "PYTHONHASHSEED": "0"}
     done = subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=3600, check=False)
@@ -404,33 +406,26 @@ def _wait_for_dumps(pg_out: Path, report: dict[str, Any]) -> None:
 
 def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     """``args.runs`` whole runs; per backend, endpoint and side the count of
-    the first run and the largest relative difference between runs."""
-    import floor
-    import lean
+    the first run and the largest relative difference between runs.
+
+    The library and the bench's scripts are copied first, and every run
+    uses the copies: editing the checkout meanwhile changes nothing.
+    """
     import report as bench_report
 
     names = [*args.backends] + ([BASELINE] if args.baseline else [])
     runs: list[Counts] = []
     started = time.monotonic()
-    for run in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="pgstore-counts-", ignore_cleanup_errors=True) as tmp_name:
-            tmp = Path(tmp_name)
-            with counted_postgres(tmp / "pg") as (_server, dsn, pg_out):
-                floor.create_table(dsn)
-                lean.create_table(dsn)
-                env = {**os.environ, "BENCH_SECRET": secrets.token_urlsafe(48), "BENCH_DSN": dsn}
-                env["BENCH_TIMEOUT"] = "86400"
-                env.pop("PYTHONPATH", None)
-                counts: Counts = {}
-                for name in names:
-                    backend_env = dict(env)
-                    if name == BASELINE:
-                        if run == 0 or not (tmp / "baseline").exists():
-                            bench_report.export_package(args.baseline, tmp / "baseline")
-                        backend_env["PYTHONPATH"] = str(tmp / "baseline")
-                    counts[name] = run_child(name, backend_env, pg_out, tmp / "app", args)
-                    say(f"counts run {run + 1}/{args.runs} {name:12s} " + _brief(counts[name]))
-                runs.append(counts)
+    with tempfile.TemporaryDirectory(prefix="pgstore-counts-code-") as code_name:
+        code = Path(code_name)
+        skip = shutil.ignore_patterns("results", "__pycache__")
+        shutil.copytree(BENCH, code / "current" / "bench", ignore=skip)
+        shutil.copytree(BENCH.parent / "pyramid_pgstore", code / "current" / "pyramid_pgstore", ignore=skip)
+        if args.baseline:
+            bench_report.export_package(args.baseline, code / "baseline")
+        for run in range(1, args.runs + 1):
+            prefix = f"counts run {run}/{args.runs}"
+            runs.append(_one_run(names, code, args, lambda line, prefix=prefix: say(f"{prefix} {line}")))
     return {
         "requests": args.requests,
         "warmup": args.warmup,
@@ -442,6 +437,27 @@ def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         "all_runs": runs,
         "difference": _difference(runs),
     }
+
+
+def _one_run(names: list[str], code: Path, args: argparse.Namespace, say: Any) -> Counts:
+    """Every backend in ``names``, one after the other, on one fresh server."""
+    import floor
+    import lean
+
+    with tempfile.TemporaryDirectory(prefix="pgstore-counts-", ignore_cleanup_errors=True) as tmp_name:
+        tmp = Path(tmp_name)
+        with counted_postgres(tmp / "pg") as (_server, dsn, pg_out):
+            floor.create_table(dsn)
+            lean.create_table(dsn)
+            env = {**os.environ, "BENCH_SECRET": secrets.token_urlsafe(48), "BENCH_DSN": dsn}
+            env["BENCH_TIMEOUT"] = "86400"
+            counts: Counts = {}
+            for name in names:
+                library = code / ("baseline" if name == BASELINE else "current")
+                env["PYTHONPATH"] = str(library)
+                counts[name] = run_child(name, env, pg_out, tmp / "app", code / "current", args)
+                say(f"{name:12s} " + _brief(counts[name]))
+            return counts
 
 
 def _brief(counts: dict[str, dict[str, float]]) -> str:
