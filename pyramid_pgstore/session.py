@@ -67,6 +67,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 CSRF_KEY = "_csrft_"  # the key Pyramid's own sessions keep the token under
 
+# Values nothing can change in place. A session holding only these, on which
+# no method that changes it was called, is as it was read or last written:
+# the end of the request need not encode it to compare.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
 
 class Progress(enum.Enum):
     """Whether the end of the request still has work for the session."""
@@ -123,6 +128,7 @@ class PGStoreSession(dict):
         self._refresh_due = False  # the row as read: its expiry is due for a refresh
         self._old_secret = False  # the cookie was signed by a retired secret
         self._renew_asked = False  # renew() waits for pyramid_tm's commit (transaction = auto)
+        self._changed = False  # a method that changes the data ran (or changed() was called)
         self._own_lifetime: float | None = None  # set_expiry(): seconds, 0 (browser cookie) or None
         # Under pyramid_tm (pgstore.transaction): "auto" defers every write to
         # the commit, "shared" runs it in the app's database transaction.
@@ -192,6 +198,7 @@ class PGStoreSession(dict):
 
     def changed(self) -> None:
         """Mark the session as changed; it is saved when the response is finished."""
+        self._changed = True
         self._finish_at_end()
 
     def _finish_at_end(self) -> None:
@@ -240,6 +247,7 @@ class PGStoreSession(dict):
         """Forget a stale token: the next get_csrf_token() makes a new one."""
         if CSRF_KEY in self and self._csrf_token_stale(self[CSRF_KEY]):
             dict.pop(self, CSRF_KEY)
+            self._changed = True
 
     # -- a session's own lifetime ("keep me signed in") ------------------------
 
@@ -325,10 +333,16 @@ class PGStoreSession(dict):
     def _holds_session(self) -> bool:
         return self.stage in (Stage.STORED, Stage.RENEWED)
 
+    def _as_written(self) -> bool:
+        """The data is as read or last written, as far as can be told without
+        encoding it: nothing changed it through this session's methods, and
+        no value can have changed inside (see ``_IMMUTABLE``)."""
+        return not self._changed and all(type(value) in _IMMUTABLE for value in self.values())
+
     def situation(self, ending: Ending = Ending.RESPONSE, draft: Draft | None = None) -> Situation:
         """Where the session stands, for :func:`~pyramid_pgstore.lifecycle.decide`;
         ``draft``: the data as it would be written (:meth:`draft`), to tell
-        whether it changed. No database work."""
+        whether it changed (None: it did not). No database work."""
         record, own = self._record, self._own_lifetime
         change = self._owner_change()
         changed = draft is not None and record is not None and draft.payload != record.payload
@@ -380,8 +394,9 @@ class PGStoreSession(dict):
             draft = None
             if ending is Ending.RESPONSE:
                 self._drop_stale_csrf_token()
-                if self or self._holds_session:
-                    draft = self.draft()
+                holds = self._holds_session
+                if (self or holds) and not (holds and self._as_written()):
+                    draft = self.draft()  # to compare with the row, or to write a new one
             vary = ending is Ending.RESPONSE and self._holds_session  # made with stored data
             done = self.carry_out(decide(self.situation(ending, draft)), draft)
         finally:
