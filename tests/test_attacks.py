@@ -6,8 +6,6 @@ import random
 import secrets
 
 import pytest
-import webob.cookies
-import webob.util
 import webtest
 from pyramid.config import Configurator
 from webob.cookies import SignedSerializer
@@ -127,15 +125,14 @@ def test_ids_are_256_random_bits_and_the_table_holds_only_their_hashes(pgstore_s
 
 
 def test_signatures_are_compared_in_constant_time(pgstore_settings, monkeypatch):
-    # WebOb's check is strings_differ, bound to hmac.compare_digest at import.
-    assert webob.util.strings_differ.__defaults__ == (hmac.compare_digest,)
     compared = []
+    constant_time = hmac.compare_digest
 
     def recording(expected, given):
         compared.append((len(expected), len(given)))
-        return webob.util.strings_differ(expected, given)
+        return constant_time(expected, given)
 
-    monkeypatch.setattr(webob.cookies, "strings_differ", recording)
+    monkeypatch.setattr(hmac, "compare_digest", recording)
     app = make_app(pgstore_settings)
     forged = base64.urlsafe_b64encode(b"\0" * 64 + b"a" * 43).decode().rstrip("=")
     app.set_cookie("session", forged)
