@@ -48,6 +48,10 @@ class Stage(enum.Enum):
     LOST = "found its session gone when writing (ended or revoked by another request)"
 
 
+#: The stages in which a request holds a stored session.
+HOLDING = (Stage.STORED, Stage.RENEWED)
+
+
 class Ending(enum.Enum):
     """How the request ends, as far as its session is concerned."""
 
@@ -108,7 +112,7 @@ class Situation(NamedTuple):
 
     @property
     def holds_session(self) -> bool:
-        return self.stage in (Stage.STORED, Stage.RENEWED)
+        return self.stage in HOLDING
 
 
 class Plan(NamedTuple):

@@ -54,7 +54,7 @@ from .cookie import CONFIGURED as _CONFIGURED
 from .cookie import SessionCookie, new_session_id, vary_on_cookie
 from .errors import PGStoreWarning
 from .events import SessionEnded, SessionOwnerChanged
-from .lifecycle import Cookie, Ending, Found, Outcome, Owner, Plan, Situation, Stage, Write, decide
+from .lifecycle import HOLDING, Cookie, Ending, Found, Outcome, Owner, Plan, Situation, Stage, Write, decide
 from .lifetime import Lifetime, cookie_max_age, expiry_seconds
 from .merge import FLASH_PREFIX
 from .options import SessionOptions
@@ -66,6 +66,9 @@ log = logging.getLogger("pyramid_pgstore")
 F = TypeVar("F", bound=Callable[..., Any])
 
 CSRF_KEY = "_csrft_"  # the key Pyramid's own sessions keep the token under
+
+# The plans that write the session's data (and may change its owner).
+_DATA_WRITES = (Write.INSERT, Write.REPLACE, Write.RENEW)
 
 # Values nothing can change in place. A session holding only these, on which
 # no method that changes it was called, is as it was read or last written:
@@ -331,7 +334,7 @@ class PGStoreSession(dict):
 
     @property
     def _holds_session(self) -> bool:
-        return self.stage in (Stage.STORED, Stage.RENEWED)
+        return self.stage in HOLDING
 
     def _as_written(self) -> bool:
         """The data is as read or last written, as far as can be told without
@@ -392,12 +395,12 @@ class PGStoreSession(dict):
         self.request = request
         try:
             draft = None
-            if ending is Ending.RESPONSE:
+            responding, holds = ending is Ending.RESPONSE, self._holds_session
+            if responding:
                 self._drop_stale_csrf_token()
-                holds = self._holds_session
                 if (self or holds) and not (holds and self._as_written()):
                     draft = self.draft()  # to compare with the row, or to write a new one
-            vary = ending is Ending.RESPONSE and self._holds_session  # made with stored data
+            vary = responding and holds  # made with stored data
             done = self.carry_out(decide(self.situation(ending, draft)), draft)
         finally:
             self.request = None  # the session outlives the request in some apps
@@ -448,10 +451,11 @@ class PGStoreSession(dict):
         :raises SessionTooLarge: before any write; the stored row is untouched.
         :raises StoreUnavailable: the database could not be reached.
         """
-        store = self.store if plan.stands or self._transaction is None else self._transaction
         write = plan.write
+        if write is Write.NOTHING:
+            return Outcome(plan.cookie, self._id, plan.stands)
+        store = self.store if plan.stands or self._transaction is None else self._transaction
         previous = self._owner_of(self._record.data) if self._record is not None else None
-        handle = self.storage_key
         if write is Write.INSERT:
             session_id = new_session_id()
             takes_over = self._cookie_id if plan.takes_over else None
@@ -462,7 +466,7 @@ class PGStoreSession(dict):
                 return Outcome(Cookie.KEEP)
             self._hold(session_id, None, Stage.STORED)
             previous = None  # a new session: a login if it has a user
-        elif write in (Write.REPLACE, Write.RENEW):
+        elif write is Write.REPLACE or write is Write.RENEW:
             renew = write is Write.RENEW
             if not self._write(store, draft or self.draft(), renew=renew, refresh=plan.refresh):
                 return self._lost("was ended or revoked by another request")
@@ -474,13 +478,14 @@ class PGStoreSession(dict):
                 return self._lost("was ended or revoked by another request")
         elif write is Write.END:
             assert self._id is not None
+            handle = self.storage_key
             store.end(self._id)
             self._hold(None, None, Stage.ENDED)
             if ended_by is not None:
                 self._follow(plan, SessionEnded(self.request, handle or "", previous, ended_by))
             else:  # forget() left nothing: a logout
                 self._follow(plan, SessionOwnerChanged(self.request, handle or "", None, previous))
-        if write in (Write.INSERT, Write.REPLACE, Write.RENEW) and self.owner != previous:
+        if write in _DATA_WRITES and self.owner != previous:
             self._follow(
                 plan, SessionOwnerChanged(self.request, self.storage_key or "", self.owner, previous)
             )
