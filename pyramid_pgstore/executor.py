@@ -61,11 +61,8 @@ class _Retry(Exception):
 def _read_only(conn: Any) -> bool:
     """The server says, with every reply (PostgreSQL 14 and later report
     both settings to the client, at no round trip), that it takes no writes."""
-    info = conn.info
-    return (
-        info.parameter_status("default_transaction_read_only") == "on"
-        or info.parameter_status("in_hot_standby") == "on"
-    )
+    status = conn.get_parameter_status  # the connection's own: conn.info makes an object per call
+    return status("default_transaction_read_only") == "on" or status("in_hot_standby") == "on"
 
 
 def _refuse_unreplicated(conn: Any, commit_timeout: float | None) -> None:

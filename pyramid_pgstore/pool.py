@@ -102,7 +102,7 @@ class _KeepIdlePool(ThreadedConnectionPool):
             not close
             and not conn.closed
             and conn.autocommit
-            and conn.info.transaction_status == TRANSACTION_STATUS_IDLE
+            and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE  # conn.info: an object per call
         )
         with self._lock:
             if self.closed:
@@ -142,6 +142,9 @@ class Checkout:
     """
 
     _dsn = ""  # for keeping its password out of error messages
+    # Connections need setting up when lent and back when returned (_lend,
+    # _unlend, _forget): a pool of the caller's, whose owner uses them too.
+    _adjusts = False
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -183,7 +186,8 @@ class Checkout:
             except psycopg2.OperationalError as exc:
                 raise self._cannot_connect(exc) from exc
             else:
-                self._lend(conn)
+                if self._adjusts:
+                    self._lend(conn)
                 return conn
             if deadline is None:
                 deadline = time.monotonic() + self.timeout
@@ -215,7 +219,9 @@ class Checkout:
         try:
             if pool is None:
                 raise PoolError("the pool was closed during the checkout")
-            if broken:
+            if not self._adjusts:
+                pass
+            elif broken:
                 self._forget(conn)
             else:
                 self._unlend(conn)
@@ -366,6 +372,8 @@ class OwnedPool(Checkout):
 
 class BorrowedPool(Checkout):
     """A checkout over the caller's psycopg2 pool, which it never closes."""
+
+    _adjusts = True
 
     def __init__(self, pool: AbstractConnectionPool, timeout: float) -> None:
         self._borrowed = pool

@@ -8,10 +8,11 @@ is a cancel request, which libpq sends on a connection of its own
 (``connection.cancel()``). One thread per process looks at the statements in
 flight a few times a second and cancels those past their deadline.
 
-Starting a watch is one dict insert, stopping it one delete and an
-uncontended lock: nothing on the request path waits for this thread, except
-a statement whose cancel is being sent, so that the cancel cannot land on
-the connection's next statement.
+Starting a watch is one small object and one dict insert; stopping it one
+dict delete, which also decides the race with the watching thread: whoever
+takes the watch out of the dict first owns it. Nothing on the request path
+waits for this thread, except a statement whose cancel is being sent, so
+that the cancel cannot land on the connection's next statement.
 """
 
 from __future__ import annotations
@@ -28,17 +29,15 @@ _POLL = 0.1  # seconds between looks at the statements in flight
 
 
 class Watch:
-    """One statement being watched: its deadline, its connection, and
-    whether the watchdog canceled it."""
+    """One statement being watched: its connection, its deadline, and, once
+    the watching thread has taken it, whether its cancel has been sent."""
 
-    __slots__ = ("conn", "deadline", "fired", "lock", "stopped")
+    __slots__ = ("conn", "deadline", "sent")
 
     def __init__(self, conn: Any, deadline: float) -> None:
         self.conn = conn
         self.deadline = deadline
-        self.fired = False
-        self.stopped = False
-        self.lock = threading.Lock()  # held while the cancel is sent
+        self.sent = False
 
 
 class Watchdog:
@@ -48,11 +47,13 @@ class Watchdog:
         self._inflight: dict[int, Watch] = {}
         self._started = False  # this process has the watching thread
         self._lock = threading.Lock()
+        self._sent = threading.Condition()  # a cancel was sent (Watch.sent)
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         # A fork has no watching thread, and its parent's statements are not its own.
-        self._inflight, self._started, self._lock = {}, False, threading.Lock()
+        self._inflight, self._started = {}, False
+        self._lock, self._sent = threading.Lock(), threading.Condition()
 
     def start(self, conn: Any, timeout: float | None) -> Watch | None:
         """Watch ``conn``'s statement for ``timeout`` seconds (None: not at all)."""
@@ -69,12 +70,12 @@ class Watchdog:
         case the connection must be discarded, not reused: a cancel arrives
         at the server on its own connection, and could otherwise reach the
         next statement. Waits for a cancel being sent."""
-        if watch is None:
-            return False
-        self._inflight.pop(id(watch), None)
-        with watch.lock:
-            watch.stopped = True
-            return watch.fired
+        if watch is None or self._inflight.pop(id(watch), None) is not None:
+            return False  # taken back before the watching thread took it: never canceled
+        with self._sent:
+            while not watch.sent:
+                self._sent.wait()
+        return True
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -92,16 +93,14 @@ class Watchdog:
                 if now >= watch.deadline and self._inflight.pop(key, None) is not None:
                     self._cancel(watch)
 
-    @staticmethod
-    def _cancel(watch: Watch) -> None:
-        with watch.lock:
-            if watch.stopped:
-                return
-            watch.fired = True
-            try:
-                watch.conn.cancel()
-            except Exception as exc:  # the connection may be gone already; the thread must live on
-                log.debug("could not cancel a statement past commit_timeout: %s", exc)
+    def _cancel(self, watch: Watch) -> None:
+        try:
+            watch.conn.cancel()
+        except Exception as exc:  # the connection may be gone already; the thread must live on
+            log.debug("could not cancel a statement past commit_timeout: %s", exc)
+        with self._sent:
+            watch.sent = True
+            self._sent.notify_all()
 
 
 watchdog = Watchdog()
