@@ -71,6 +71,9 @@ class SessionRecord:
     succeeds only if nobody wrote the row since. ``lifetime`` is the
     session's own idle timeout in seconds (``set_expiry()``; 0: the
     factory's, with a browser-session cookie; None: the factory's).
+    ``read_at`` is the store's monotonic clock just before the row was asked
+    for (None: unknown), so that a write can tell whether the row may have
+    expired since.
     """
 
     key: str
@@ -82,6 +85,7 @@ class SessionRecord:
     payload: str = field(repr=False, compare=False, default="")
     version: str | None = field(repr=False, compare=False, default=None)
     lifetime: float | None = None
+    read_at: float | None = field(repr=False, compare=False, default=None)
 
     @property
     def age(self) -> float:

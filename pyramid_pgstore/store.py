@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg2.pool import AbstractConnectionPool
 
@@ -36,9 +37,15 @@ from .options import StoreOptions
 from .pool import BorrowedPool, Checkout, OwnedPool
 from .records import Draft, Lookup, SessionInfo, SessionRecord, storage_key, userid_column, userid_from_column
 from .serializer import JSONSerializer, Serializer, check, deserialize, encode, serialize
-from .sql import ENDED_GRACE_SECONDS, Statement, Statements, interval
+from .sql import ENDED_GRACE_SECONDS, Guarded, Statement, Statements, interval
 
 log = logging.getLogger("pyramid_pgstore")
+
+S = TypeVar("S", Statement, Guarded)
+
+# Seconds allowed for a write to reach the server after the store decided
+# that the row it read is still live (see PGStore._surely_live).
+_IN_FLIGHT = 1.0
 
 
 class PGStore:
@@ -190,6 +197,7 @@ class PGStore:
         left in place until it expires).
         """
         key = storage_key(session_id)
+        asked = self._clock()  # before the server's now(): the row lives at least its time left from here
         row = self._run(self._sql.load, {"key": key}, one)
         if row is None:
             return Lookup(None)
@@ -203,7 +211,7 @@ class PGStore:
             log.warning("stored session %s… does not deserialize (%s)", key[:12], exc)
             return Lookup(None, unreadable=True)
         record = SessionRecord(
-            key, data, created_on, modified_on, expires_on, loaded_at, payload, version, lifetime
+            key, data, created_on, modified_on, expires_on, loaded_at, payload, version, lifetime, asked
         )
         return Lookup(record)
 
@@ -270,8 +278,11 @@ class PGStore:
     ) -> SessionRecord | None:
         """Write ``draft`` over the live session ``session_id``, which the
         caller read as ``read``; return the row as written, or None, writing
-        nothing, when the session is gone (ended, deleted or expired): a
-        request that started before a logout cannot bring the session back.
+        nothing, when the session is gone (ended or deleted since it was
+        read): a request that started before a logout cannot bring the
+        session back. One that only expired since it was read is written,
+        as it was live when read (and past ``max_lifetime`` never lives
+        again: a new expiry is capped).
 
         One statement when nobody wrote the row since ``read``; otherwise the
         draft's changes are merged into the row as it is now (one more read and
@@ -292,25 +303,43 @@ class PGStore:
 
         def write_once(base: SessionRecord, attempt: Draft, version: str | None) -> SessionRecord | None:
             params = self._row({"key": key, "data": attempt.payload, "version": version}, ttl, attempt)
+            surely_live = self._surely_live(base)
             if new_id is None:
                 params["cap"] = interval(cap)
-                statement = self._sql.replace_data if keep_expiry else self._statement(self._sql.replace, ttl)
-                if self._run(statement, params, rowcount) == 0:
+                guarded = self._sql.replace_data if keep_expiry else self._statement(self._sql.replace, ttl)
+                if self._run(guarded.pick(version, surely_live), params, rowcount) == 0:
                     return None
                 written = None  # an UPDATE returns no version: a second write this request writes over
             else:
                 params["new_key"] = storage_key(new_id)
-                found = self._run(self._statement(self._sql.renew, ttl), params, one)
+                renew = self._statement(self._sql.renew, ttl).pick(version, surely_live)
+                found = self._run(renew, params, one)
                 written = found[0] if found is not None else self._done_before(new_id, attempt.payload)
                 if written is None:
                     return None
-                base = dataclasses.replace(base, key=params["new_key"], created_on=base.loaded_at)
+                # A new row: how long it lives is known to the database only.
+                new_key, started = params["new_key"], base.loaded_at
+                base = dataclasses.replace(base, key=new_key, created_on=started, read_at=None)
             data, lifetime = dict(attempt.data), attempt.lifetime
             return dataclasses.replace(
                 base, data=data, payload=attempt.payload, version=written, lifetime=lifetime
             )
 
         return write_merging(self, read, draft, write_once, lambda: self.load(session_id))
+
+    def _clock(self) -> float:
+        """This store's monotonic clock (seconds): ``time.monotonic()`` plus
+        the test clock's offset (:meth:`set_clock_offset`)."""
+        return time.monotonic() + self.clock_offset
+
+    def _surely_live(self, read: SessionRecord) -> bool:
+        """The row read as ``read`` is still live, unless written since: the
+        time it had left when read is more than the time since it was asked
+        for, by a margin for the write's own way to the server."""
+        if read.read_at is None:
+            return False
+        left = (read.expires_on - read.loaded_at).total_seconds()
+        return left > self._clock() - read.read_at + _IN_FLIGHT
 
     def touch(self, session_id: str, ttl: float | None, *, cap: float | None = None, **row: Any) -> bool:
         """Move the expiry to ``ttl`` seconds from now (never past ``cap``
@@ -346,7 +375,7 @@ class PGStore:
         return params
 
     @staticmethod
-    def _statement(family: tuple[Statement, Statement], ttl: float | None) -> Statement:
+    def _statement(family: tuple[S, S], ttl: float | None) -> S:
         """A write family's statement: with a lifetime, or forever."""
         return family[0] if ttl is not None else family[1]
 

@@ -68,6 +68,17 @@ def test_a_row_expired_by_the_real_clock_is_neither_loaded_nor_written(pgstore_s
     assert sql(pgstore_dsn, "SELECT data FROM http_sessions") == [('{"n":1}',)]
 
 
+def test_a_row_that_expires_between_its_read_and_the_write_is_not_written(pgstore_store, pgstore_dsn):
+    # By the real clock, with no other write in between: the store sees that
+    # the row may have expired since it was read, and checks that it is live.
+    pgstore_store.save("id-1", {"n": 1}, 0.3)
+    read = pgstore_store.load("id-1")
+    time.sleep(0.4)
+    assert rewrite(pgstore_store, "id-1", {"n": 2}, 60, read) is False
+    assert pgstore_store.write("id-1", pgstore_store.draft({"n": 3}), read, 60, keep_expiry=True) is None
+    assert sql(pgstore_dsn, "SELECT data FROM http_sessions") == [('{"n":1}',)]
+
+
 def test_a_fractional_ttl_is_kept_to_the_microsecond(pgstore_store, pgstore_dsn):
     pgstore_store.save("id-1", {"n": 1}, 0.25)
     assert rewrite(pgstore_store, "id-1", {"n": 2}, 1.5)
