@@ -6,7 +6,14 @@ or build a session factory in code with :func:`PGStoreSessionFactory`.
 
 from .cleanup import Cleaner, CleanupHandle, CleanupResult
 from .config import IPGStore, get_store, includeme
-from .errors import PGStoreError, PoolTimeout, SchemaOutdated, SessionTooLarge, StoreUnavailable
+from .errors import (
+    PGStoreError,
+    PoolTimeout,
+    SchemaOutdated,
+    SessionTooLarge,
+    StoreUnavailable,
+    UnsupportedStatement,
+)
 from .factory import PGStoreSessionFactory
 from .options import CookieOptions, OptionError, SessionOptions, StoreOptions
 from .records import SessionInfo, SessionRecord
@@ -33,6 +40,7 @@ __all__ = [
     "SessionTooLarge",
     "StoreOptions",
     "StoreUnavailable",
+    "UnsupportedStatement",
     "get_store",
     "includeme",
     "list_sessions",

@@ -23,7 +23,7 @@ from psycopg2.extensions import cursor as Cursor
 from . import testing
 from ._prepared import PreparedStatements
 from .dsn import redact
-from .errors import PoolTimeout, SchemaOutdated, StoreUnavailable
+from .errors import PoolTimeout, SchemaOutdated, StoreUnavailable, UnsupportedStatement
 from .pool import Checkout
 from .sql import Statement
 from .watchdog import watchdog as _watchdog
@@ -167,6 +167,8 @@ class Executor:
             raise _unavailable("the database canceled the statement", exc) from exc
         except psycopg2.errors.UndefinedColumn as exc:
             raise _schema_outdated(self.table, exc) from exc
+        except psycopg2.errors.FeatureNotSupported as exc:
+            raise _unsupported(exc) from exc
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             if not conn.closed:  # the statement failed, the connection is fine
                 raise _unavailable("the database refused the statement", exc) from exc
@@ -234,6 +236,8 @@ class TransactionExecutor:
                 found = result(cur)
         except psycopg2.errors.UndefinedColumn as exc:
             raise _schema_outdated(self.table, exc) from exc
+        except psycopg2.errors.FeatureNotSupported as exc:
+            raise _unsupported(exc) from exc
         except psycopg2.Error as exc:
             raise _unavailable("the statement failed in the app's transaction", exc) from exc
         if self.after is not None:
@@ -243,6 +247,15 @@ class TransactionExecutor:
 
 def _unavailable(what: str, exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(redact(f"{what}: {str(exc).strip()}"))
+
+
+def _unsupported(exc: Exception) -> UnsupportedStatement:
+    return UnsupportedStatement(
+        redact(
+            f"the database does not support this statement ({str(exc).strip()}); on Citus: a table "
+            "distributed after this process started needs a restart, or pgstore.distributed = true"
+        )
+    )
 
 
 def _schema_outdated(table: str, exc: Exception) -> SchemaOutdated:

@@ -74,6 +74,20 @@ def _just_ended(now: str, row: str = "") -> str:
     return f"{row}data = '' AND {row}modified_on + interval '{ENDED_GRACE}' > {now}"
 
 
+def _utc(timestamp: str) -> str:
+    """``timestamp`` (a timestamptz) as UTC wall-clock time: an immutable
+    function, where adding an interval to a timestamptz is only stable."""
+    return f"({timestamp} AT TIME ZONE 'UTC')"
+
+
+def _plus(timestamp: str, interval: str) -> str:
+    """``timestamp + interval`` (a timestamptz) with immutable functions only,
+    for Citus, which refuses a stable function of a column in a write. Equal
+    to ``+`` for the intervals the store uses, which are in seconds (no days
+    or months, the parts whose length depends on the time zone)."""
+    return f"({_utc(timestamp)} + {interval}) AT TIME ZONE 'UTC'"
+
+
 class Statements:
     """The SQL text for one table, built once.
 
@@ -100,6 +114,19 @@ class Statements:
 
     Each write family is a pair: ``(with a lifetime, forever)``.
 
+    ``distributed=True`` writes the statements for a table managed by Citus
+    (README, "Sharding on Citus"), which refuses a stable function applied
+    to a column in an ``UPDATE`` or ``DELETE`` (``expires_on + interval``),
+    anything but immutable values in ``ON CONFLICT ... DO UPDATE``
+    (``now()``), and ``FOR UPDATE`` across shards. There, comparisons put the
+    interval on the side of ``now()``, which Citus evaluates once, on the
+    coordinator, before it routes the statement to the shard of its key;
+    ``ON CONFLICT`` takes its "now" from the row it tried to insert
+    (``EXCLUDED``); a column plus an interval is computed in UTC wall-clock
+    time (:func:`_plus`); cleanup finds its batch by key. The same
+    statements run on plain PostgreSQL, a little slower to plan; the plain
+    ones are unchanged.
+
     A write of data names the version it read (``%(version)s``, the row's
     ``xmin``): it changes the row only if no other request wrote it since,
     else the store merges and tries again. An ended session is a row with
@@ -116,11 +143,13 @@ class Statements:
         statement_timeout: float | None = None,
         now: str = "now()",
         prepare: bool = False,
+        distributed: bool = False,
     ) -> None:
         t, _ = quoted_table(table)
         self._prepare = prepare
         self._settings = (table, synchronous_commit, statement_timeout)
         self.quoted_table = t
+        self.distributed = distributed
         # Settings for one statement's transaction only: several statements
         # in one query string run as one implicit transaction, so SET LOCAL
         # costs no round trip, never stays on the connection, and works
@@ -139,7 +168,24 @@ class Statements:
         ended = (
             f"data = '', userid = NULL, ip = NULL, user_agent = NULL, modified_on = {now}, expires_on = {now}"
         )
+        # succeed's ON CONFLICT: the dead row is ended, unless it just was.
         dead = f"(s.expires_on + interval '0 s' <= {now} OR s.created_on + %(cap)s::interval <= {now})"
+        end_dead, just_ended = ended, _just_ended(now, "s.")
+        # An existing row's new expiry never passes its created_on +
+        # max_lifetime (%(cap)s; NULL: no cap, which LEAST ignores).
+        capped = "LEAST({expires}, created_on + %(cap)s::interval)"
+        if distributed:  # see the class docstring
+            live = f"expires_on > {now}"
+            # The row succeed tried to insert for the dead key holds its "now".
+            inserted_at = _utc("EXCLUDED.modified_on")
+            past_cap = f"{_utc('s.created_on')} + %(cap)s::interval <= {inserted_at}"
+            dead = f"(s.expires_on <= EXCLUDED.modified_on OR {past_cap})"
+            end_dead = (
+                "data = '', userid = NULL, ip = NULL, user_agent = NULL,"
+                " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on"
+            )
+            just_ended = f"s.data = '' AND {_utc('s.modified_on')} + interval '{ENDED_GRACE}' > {inserted_at}"
+            capped = "LEAST({expires}, " + _plus("created_on", "%(cap)s::interval") + ")"
 
         # Also returns an expired or ended row: PGStore.lookup tells them apart.
         self.load = self._statement(
@@ -170,9 +216,6 @@ class Statements:
                 f" WHERE key = %(key)s AND {live} AND {unchanged}"
             )
 
-        # An existing row's new expiry never passes its created_on +
-        # max_lifetime (%(cap)s; NULL: no cap, which LEAST ignores).
-        capped = "LEAST({expires}, created_on + %(cap)s::interval)"
         self.replace = self._family(
             "replace", lambda expires: replace(", expires_on = " + capped.format(expires=expires))
         )
@@ -208,8 +251,8 @@ class Statements:
             "succeed",
             lambda expires: (
                 f"WITH dead AS (INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
-                f" VALUES (%(old_key)s, '', {now}, {now}, {now}) ON CONFLICT (key) DO UPDATE SET {ended}"
-                f" WHERE {dead} AND NOT ({_just_ended(now, 's.')}) RETURNING 1)"
+                f" VALUES (%(old_key)s, '', {now}, {now}, {now}) ON CONFLICT (key) DO UPDATE SET {end_dead}"
+                f" WHERE {dead} AND NOT ({just_ended}) RETURNING 1)"
                 f" INSERT INTO {t} ({columns}) SELECT %(key)s, %(data)s, {fresh}, {expires} FROM dead"
             ),
         )
@@ -230,10 +273,15 @@ class Statements:
             f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live}"
         )
         self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
+        sizes = "pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
+        if distributed:  # the coordinator's table is an empty shell: the sizes of its shards
+            sizes = (
+                "citus_table_size(%(table)s::regclass),"
+                " citus_total_relation_size(%(table)s::regclass) - citus_table_size(%(table)s::regclass)"
+            )
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
-            " pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
-            f" FROM {t}"
+            f" {sizes} FROM {t}"
         )
         # Taken in a transaction held open on a connection of its own for the
         # whole pass; holding it while idle must not get that session killed.
@@ -251,10 +299,34 @@ class Statements:
             f" WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
+        if distributed:
+            # A ctid is a place in one shard, and Citus locks no rows across
+            # shards: the batch is found by key, and the DELETE checks each
+            # row again (a request may have refreshed it since), waiting for
+            # a row a request is writing rather than skipping it.
+            just_ended = f"data = '' AND modified_on > {now} - interval '{ENDED_GRACE}'"
+            expired = f"expires_on <= {now} AND NOT ({just_ended})"
+            self.delete_expired_batch = (
+                f"{limit}DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE {expired} LIMIT %(limit)s)"
+                f" AND {expired}"
+            )
 
     def shifted(self) -> Statements:
         """The same statements on the test clock (:data:`SHIFTED_NOW`), as text."""
-        return Statements(*self._settings, now=self.SHIFTED_NOW)
+        return Statements(*self._settings, now=self.SHIFTED_NOW, distributed=self.distributed)
+
+    def counterpart(self, statement: Statement, other: Statements) -> Statement:
+        """The statement of ``other`` that ``statement`` is among these (by
+        identity); ``statement`` itself if it is none of these."""
+        if other is self:
+            return statement
+        for name, value in vars(self).items():
+            if value is statement:
+                return getattr(other, name)
+            for position, each in enumerate(value if isinstance(value, tuple) else ()):
+                if each is statement:
+                    return getattr(other, name)[position]
+        return statement
 
     def _statement(self, kind: str, prefix: str, body: str) -> Statement:
         """A per-request statement: text, or prepared (see _prepared)."""

@@ -97,12 +97,7 @@ class PGStore(ExpiredRows):
         self.table = options.table
         self.max_length = options.max_length
         self.serializer: Serializer = options.serializer or JSONSerializer()
-        self._plain_sql = Statements(
-            options.table,
-            options.synchronous_commit,
-            options.statement_timeout,
-            prepare=options.prepare_statements,
-        )
+        self._plain_sql = self._statements(bool(options.distributed))
         self._shifted: Statements | None = None  # built when a test first moves the clock
         self._transaction_sql: Statements | None = None  # built for the first in_transaction()
         self._checkout = checkout
@@ -121,7 +116,9 @@ class PGStore(ExpiredRows):
         LOCAL`` of its own (it would outlive the statement), no prepared
         statements, no retry. ``after()`` runs after each statement."""
         if self._transaction_sql is None:  # once: shared mode binds a copy per request
-            self._transaction_sql = Statements(self.table)
+            if not self._table_checked:
+                self._check_table()
+            self._transaction_sql = Statements(self.table, distributed=self._plain_sql.distributed)
         bound = copy.copy(self)
         bound._plain_sql, bound._shifted = self._transaction_sql, None
         bound._executor = TransactionExecutor(conn, self.table, after)  # type: ignore[assignment]
@@ -129,6 +126,16 @@ class PGStore(ExpiredRows):
         return bound
 
     # -- statements and the table ---------------------------------------------
+
+    def _statements(self, distributed: bool) -> Statements:
+        options = self.options
+        return Statements(
+            options.table,
+            options.synchronous_commit,
+            options.statement_timeout,
+            prepare=options.prepare_statements,
+            distributed=distributed,
+        )
 
     @property
     def _sql(self) -> Statements:
@@ -140,23 +147,40 @@ class PGStore(ExpiredRows):
 
     def _run(self, sql: Statement, params: dict[str, Any], result: Any, *, watched: bool = True) -> Any:
         if not self._table_checked:
+            chosen_from = self._sql
             self._check_table()
+            sql = chosen_from.counterpart(sql, self._sql)  # the table is on Citus, say
         return self._executor.run(sql, params, result, watched=watched)
 
     def table_state(self) -> schema.TableState:
-        """What is in the database under the table's name (one statement)."""
+        """What is in the database under the table's name (one statement;
+        two on a database with Citus)."""
         return schema.inspect(self._executor, self._sql.quoted_table)
 
     def prepare_table(self) -> list[str]:
         """Create the table, or upgrade it to this release's layout; return
         the statements run (see :func:`pyramid_pgstore.schema.prepare`)."""
-        done = schema.prepare(self._executor, self.table, self._sql.quoted_table)
-        self._table_checked = True
+        done, state = schema.prepare(self._executor, self.table, self._sql.quoted_table)
+        self._use_table(state)
         return done
 
     def _check_table(self) -> None:
-        schema.check(self._executor, self.table, self._sql.quoted_table)
+        self._use_table(schema.check(self._executor, self.table, self._sql.quoted_table))
+
+    def _use_table(self, state: schema.TableState) -> None:
+        """From now on, the statements for the table as found: those Citus
+        accepts where Citus manages it (or ``options.distributed`` says so)."""
+        quoted = self._sql.quoted_table
+        if testing.table_hooks and testing.table_ready(self._query, quoted):  # tests only
+            state = schema.inspect(self._executor, quoted)
+        distributed = state.distributed if self.options.distributed is None else self.options.distributed
+        if distributed != self._plain_sql.distributed:
+            self._plain_sql = self._statements(distributed)
+            self._shifted = self._transaction_sql = None
         self._table_checked = True
+
+    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return self._executor.run(sql, params, rows, watched=False)
 
     # -- one session ----------------------------------------------------------
 

@@ -9,13 +9,20 @@ else in production sets them.
   own clocks say; the offset lets a test expire sessions without sleeping.
 * Every store registers itself, so a test fixture can close the stores an
   app built on the test's database and never closed (:func:`close_stores`).
+* A test plugin may change a store's table once the store has prepared or
+  checked it, before its first statement (:data:`table_hooks`:
+  ``pytest_pgstore --pgstore-citus`` distributes it on Citus).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
+
+# How a table hook runs SQL: on the store's own connections, in autocommit
+# mode; returns the rows of the last statement (none: an empty list).
+Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
 
 
 class _Closable(Protocol):
@@ -64,3 +71,17 @@ def close_stores(dsns: Collection[str]) -> int:
             store.close()
             closed += 1
     return closed
+
+
+# Each is called as ``hook(query, quoted_table)`` after a store has prepared
+# or checked its table, and returns whether it changed the table (the store
+# then looks at it again). Empty in production: the store checks only that.
+table_hooks: list[Callable[[Query, str], bool]] = []
+
+
+def table_ready(query: Query, quoted_table: str) -> bool:
+    """Run the :data:`table_hooks`; True if one of them changed the table."""
+    changed = False
+    for hook in table_hooks:
+        changed = hook(query, quoted_table) or changed
+    return changed

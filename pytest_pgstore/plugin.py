@@ -46,11 +46,19 @@ _OPTIONS = {
 _SERVER_DIR = pytest.StashKey[Path]()
 
 
+_CITUS_HELP = (
+    "--pgstore-dsn is a Citus coordinator with its workers added: each test database becomes a "
+    "Citus database, and the table of every store built on it is distributed by key"
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgstore", "pyramid_pgstore test database")
     for name, help_text in _OPTIONS.items():
         group.addoption(f"--pgstore-{name.replace('_', '-')}", dest=f"pgstore_{name}", help=help_text)
         parser.addini(f"pgstore_{name}", help_text, default="")
+    group.addoption("--pgstore-citus", dest="pgstore_citus", action="store_true", help=_CITUS_HELP)
+    parser.addini("pgstore_citus", _CITUS_HELP, type="bool", default=False)
 
 
 def _option(config: pytest.Config, name: str) -> str:
@@ -133,11 +141,15 @@ def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
 
     The throwaway server (``pgstore_proc``) unless ``--pgstore-dsn`` names
     one. Under pytest-xdist every worker has a database of its own on it.
+    With ``--pgstore-citus``, a Citus database (see :mod:`pytest_pgstore.citus`).
     """
     import psycopg2
 
     admin_dsn = _option(request.config, "dsn") or request.getfixturevalue("pgstore_proc").admin_dsn
     dbname = f"pgstore_test_{secrets.token_hex(4)}"
+    if request.config.getoption("pgstore_citus") or request.config.getini("pgstore_citus"):
+        yield from _citus_server(request.config, admin_dsn, dbname)
+        return
     admin = psycopg2.connect(admin_dsn)
     admin.autocommit = True
     try:
@@ -148,6 +160,25 @@ def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
             cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     finally:
         admin.close()
+
+
+def _citus_server(config: pytest.Config, admin_dsn: str, dbname: str) -> Iterator[Server]:
+    from pyramid_pgstore import testing
+
+    from . import citus
+
+    if not _option(config, "dsn"):
+        pytest.fail("pytest_pgstore: --pgstore-citus needs --pgstore-dsn (the coordinator)", pytrace=False)
+    try:
+        citus.create_database(admin_dsn, dbname)
+    except Exception as exc:
+        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
+    testing.table_hooks.append(citus.distribute)
+    try:
+        yield Server(admin_dsn=admin_dsn, dsn=_dsn_with_dbname(admin_dsn, dbname))
+    finally:
+        testing.table_hooks.remove(citus.distribute)
+        citus.drop_database(admin_dsn, dbname)
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,7 @@ CONFIGURED = {
     "serializer": ("json", json),
     "failover_timeout": ("2.5", 2.5),
     "commit_timeout": ("none", None),
+    "distributed": ("yes", True),
 }
 
 
