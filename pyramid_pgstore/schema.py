@@ -53,7 +53,8 @@ class TableState:
     exists: bool
     comment: str | None
     columns: frozenset[str]
-    distributed: bool = False  # managed by Citus (README, "Sharding on Citus")
+    citus: bool = False  # the database has the citus extension
+    distributed: bool = False  # Citus manages the table (README, "Sharding on Citus")
 
     @property
     def version(self) -> int | None:
@@ -137,7 +138,7 @@ def needed_sql(table: str, state: TableState) -> list[str]:
     return upgrade_sql(table, state.version)
 
 
-def locked(statements: list[str], distributed: bool = False) -> str:
+def locked(statements: list[str], citus: bool = False) -> str:
     """``statements`` as one transaction (one query string) under the
     table's schema lock (``%(table)s``: the quoted table name, the key every
     release has used): two processes starting at once do not collide, and a
@@ -145,11 +146,13 @@ def locked(statements: list[str], distributed: bool = False) -> str:
     for at most 10 s, so a busy table fails the start instead of queueing
     every request behind the ALTER.
 
-    ``distributed``: for a table managed by Citus, which sends a DDL
-    statement on to the shards as the text of the query that carried it, and
-    refuses a text of several statements: each runs alone, by ``EXECUTE`` in
-    one ``DO`` block (still one transaction and one round trip)."""
-    if not distributed:
+    ``citus``: for a database with Citus, which sends a DDL statement on a
+    table it manages to the shards as the text of the query that carried it,
+    and refuses a text of several statements: each runs alone, by
+    ``EXECUTE`` in one ``DO`` block (still one transaction and one round
+    trip), whether Citus manages the table yet or not (another process may
+    distribute it while this one waits for the lock)."""
+    if not citus:
         head = "SELECT pg_advisory_xact_lock(hashtext(%(table)s)); SET LOCAL lock_timeout = '10s'; "
         return head + "; ".join(statements)
     each = "".join(f"EXECUTE {_literal(statement)}; " for statement in statements)
@@ -170,7 +173,7 @@ def inspect(executor: Executor, quoted: str) -> TableState:
     found = executor.run(INSPECT, {"table": quoted}, one, watched=False)
     exists, comment, columns, citus = found or (False, None, (), False)
     distributed = bool(exists and citus and executor.run(MANAGED_BY_CITUS, {"table": quoted}, scalar))
-    return TableState(exists, comment, frozenset(columns or ()), distributed)
+    return TableState(exists, comment, frozenset(columns or ()), citus, distributed)
 
 
 def prepare(executor: Executor, table: str, quoted: str) -> tuple[list[str], TableState]:
@@ -186,7 +189,7 @@ def prepare(executor: Executor, table: str, quoted: str) -> tuple[list[str], Tab
     needed = _needed(table, state)
     if needed:
         # An upgrade builds an index in one scan of the table: no commit_timeout.
-        executor.run(locked(needed, state.distributed), {"table": quoted}, nothing, watched=False)
+        executor.run(locked(needed, state.citus), {"table": quoted}, nothing, watched=False)
         log.info("table %s: %s", table, "; ".join(needed))
     return needed, state
 

@@ -17,10 +17,11 @@ the DSN's other parameters (user, password).
 
 from __future__ import annotations
 
+import time
+
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from pyramid_pgstore.localdb import query
-from pyramid_pgstore.schema import MANAGED_BY_CITUS
 from pyramid_pgstore.testing import Query
 
 
@@ -67,10 +68,26 @@ def create_database(admin_dsn: str, dbname: str) -> None:
 def drop_database(admin_dsn: str, dbname: str) -> None:
     """Drop ``dbname`` on the coordinator and on its workers."""
     _, workers = _nodes(admin_dsn)
-    query(admin_dsn, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     maintenance = parse_dsn(admin_dsn).get("dbname", "postgres")
-    for host, port in workers:
-        query(_on(admin_dsn, host, port, maintenance), f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    for dsn in [admin_dsn, *(_on(admin_dsn, host, port, maintenance) for host, port in workers)]:
+        _drop(dsn, dbname)
+
+
+def _drop(admin_dsn: str, dbname: str) -> None:
+    """Drop the database, waiting up to 10 s for a worker's backends the
+    coordinator's just closed connections leave behind (``WITH (FORCE)``
+    on the coordinator meets them on the worker while they exit)."""
+    import psycopg2.errors
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            query(admin_dsn, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            return
+        except psycopg2.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def distribute(run: Query, quoted_table: str) -> bool:
@@ -80,11 +97,13 @@ def distribute(run: Query, quoted_table: str) -> bool:
     params = {"table": quoted_table}
     if not run("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL", params)[0][0]:
         return False  # a server of a test's own (a replica pair), not the Citus cluster
-    if run(MANAGED_BY_CITUS, params)[0][0]:
-        return False
-    run(
-        "SELECT create_distributed_table(%(table)s, 'key');"
-        " SELECT truncate_local_data_after_distributing_table(%(table)s)",
+    # Under the table's schema lock (see pyramid_pgstore.schema.locked):
+    # stores starting together distribute it once, never during an upgrade.
+    done = run(
+        "SELECT pg_advisory_xact_lock(hashtext(%(table)s));"
+        " SELECT create_distributed_table(%(table)s, 'key'),"
+        " truncate_local_data_after_distributing_table(%(table)s)"
+        " WHERE NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = %(table)s::regclass)",
         params,
     )
-    return True
+    return bool(done)
