@@ -4,8 +4,8 @@ Citus refuses some of the statements the store runs on plain PostgreSQL, so
 for such a table the store runs variants (``Statements(distributed=True)``).
 Everywhere (CI has no Citus) the variants are checked to do exactly what
 the plain statements do, row for row. On a Citus cluster
-(``pytest --pgstore-dsn <coordinator> --pgstore-citus``, README "Testing on
-Citus") the whole suite runs on a distributed table, and the tests at the
+(``pytest --pgstore-dsn <coordinator> --pgstore-citus``, README "Sharding
+on Citus") the whole suite runs on a distributed table, and the tests at the
 end check what only a cluster shows; elsewhere they are skipped.
 """
 
