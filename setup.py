@@ -73,6 +73,7 @@ setup(
         "console_scripts": [
             "pgstore-cleanup = pyramid_pgstore.scripts.cleanup:main",
             "pgstore-schema = pyramid_pgstore.scripts.schema:main",
+            "pgstore-sessions = pyramid_pgstore.scripts.sessions:main",
             "pgstore-pg-ctl = pyramid_pgstore.localdb:pg_ctl_main",
         ],
     },

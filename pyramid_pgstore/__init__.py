@@ -8,12 +8,14 @@ from .cleanup import Cleaner, CleanupHandle, CleanupResult
 from .config import IPGStore, get_store, includeme
 from .errors import (
     PGStoreError,
+    PGStoreWarning,
     PoolTimeout,
     SchemaOutdated,
     SessionTooLarge,
     StoreUnavailable,
     UnsupportedStatement,
 )
+from .events import SessionEnded, SessionOwnerChanged
 from .factory import PGStoreSessionFactory
 from .options import CookieOptions, OptionError, SessionOptions, StoreOptions
 from .records import SessionInfo, SessionRecord
@@ -32,10 +34,13 @@ __all__ = [
     "PGStore",
     "PGStoreError",
     "PGStoreSessionFactory",
+    "PGStoreWarning",
     "PoolTimeout",
     "SchemaOutdated",
+    "SessionEnded",
     "SessionInfo",
     "SessionOptions",
+    "SessionOwnerChanged",
     "SessionRecord",
     "SessionTooLarge",
     "StoreOptions",

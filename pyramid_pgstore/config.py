@@ -39,6 +39,7 @@ def includeme(config: Configurator) -> None:
         else:
             store = PGStore(parsed.dsn, options=parsed.store)  # type: ignore[arg-type]
         factory = session_factory(store, parsed.cookie, parsed.session)
+    store.notify = config.registry.notify  # events of store methods called without a request
     config.registry.registerUtility(store, IPGStore)
     config.set_session_factory(factory)
     # Inside pyramid_tm's tween when there is one, so that the session is

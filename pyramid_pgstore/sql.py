@@ -91,9 +91,10 @@ def _plus(timestamp: str, interval: str) -> str:
 class Statements:
     """The SQL text for one table, built once.
 
-    ``now`` is the database clock: plain ``now()`` in production, and
-    ``SHIFTED_NOW`` (now plus the test clock's offset) only while a test has
-    moved the clock, so production statements carry no test-only arithmetic.
+    ``now`` is the database clock: plain ``now()`` in production, and now
+    plus an offset written into the text (:meth:`shifted`) only in a store
+    whose clock a test has moved, so production statements carry no
+    test-only arithmetic and take no test-only parameter.
     By default every statement is sent as text, so PostgreSQL parses and
     plans it on each execution (server-side prepared statements do not
     survive PgBouncer's transaction mode; ``prepare=True`` makes the
@@ -134,8 +135,6 @@ class Statements:
     it for :data:`ENDED_GRACE`.
     """
 
-    SHIFTED_NOW = "(now() + %(offset)s * interval '1 second')"
-
     def __init__(
         self,
         table: str,
@@ -163,10 +162,14 @@ class Statements:
         self._limit, self._write, self._now = limit, write, now
         live = f"expires_on + interval '0 s' > {now}"
         unchanged = "(%(version)s IS NULL OR xmin = %(version)s::xid)"
-        columns = "key, data, userid, ip, user_agent, created_on, modified_on, last_seen, expires_on"
-        fresh = f"%(userid)s, %(ip)s, %(ua)s, {now}, {now}, {now}"  # a new row's owner, client, times
+        columns = (
+            "key, data, userid, ip, user_agent, lifetime, created_on, modified_on, last_seen, expires_on"
+        )
+        # A new row's owner, client, own lifetime (set_expiry; NULL: the factory's) and times.
+        fresh = f"%(userid)s, %(ip)s, %(ua)s, %(lifetime)s::float8, {now}, {now}, {now}"
         ended = (
-            f"data = '', userid = NULL, ip = NULL, user_agent = NULL, modified_on = {now}, expires_on = {now}"
+            "data = '', userid = NULL, ip = NULL, user_agent = NULL, lifetime = NULL,"
+            f" modified_on = {now}, expires_on = {now}"
         )
         # succeed's ON CONFLICT: the dead row is ended, unless it just was.
         dead = f"(s.expires_on + interval '0 s' <= {now} OR s.created_on + %(cap)s::interval <= {now})"
@@ -181,7 +184,7 @@ class Statements:
             past_cap = f"{_utc('s.created_on')} + %(cap)s::interval <= {inserted_at}"
             dead = f"(s.expires_on <= EXCLUDED.modified_on OR {past_cap})"
             end_dead = (
-                "data = '', userid = NULL, ip = NULL, user_agent = NULL,"
+                "data = '', userid = NULL, ip = NULL, user_agent = NULL, lifetime = NULL,"
                 " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on"
             )
             just_ended = f"s.data = '' AND {_utc('s.modified_on')} + interval '{ENDED_GRACE}' > {inserted_at}"
@@ -191,7 +194,8 @@ class Statements:
         self.load = self._statement(
             "load",
             limit,
-            f"SELECT data, created_on, modified_on, expires_on, {now}, xmin FROM {t} WHERE key = %(key)s",
+            f"SELECT data, created_on, modified_on, expires_on, {now}, xmin, lifetime"
+            f" FROM {t} WHERE key = %(key)s",
         )
         # Insert or replace, one statement whether the row exists or not. A
         # row that had expired starts over with a new created_on.
@@ -200,7 +204,8 @@ class Statements:
             lambda expires: (
                 f"INSERT INTO {t} AS s ({columns}) VALUES (%(key)s, %(data)s, {fresh}, {expires})"
                 " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, userid = EXCLUDED.userid,"
-                " ip = EXCLUDED.ip, user_agent = EXCLUDED.user_agent, modified_on = EXCLUDED.modified_on,"
+                " ip = EXCLUDED.ip, user_agent = EXCLUDED.user_agent, lifetime = EXCLUDED.lifetime,"
+                " modified_on = EXCLUDED.modified_on,"
                 " last_seen = EXCLUDED.last_seen, expires_on = EXCLUDED.expires_on,"
                 " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
                 " THEN s.created_on ELSE EXCLUDED.created_on END"
@@ -212,7 +217,7 @@ class Statements:
         def replace(set_expiry: str) -> str:
             return (
                 f"UPDATE {t} SET data = %(data)s, userid = %(userid)s, ip = %(ip)s, user_agent = %(ua)s,"
-                f" modified_on = {now}, last_seen = {now}{set_expiry}"
+                f" lifetime = %(lifetime)s::float8, modified_on = {now}, last_seen = {now}{set_expiry}"
                 f" WHERE key = %(key)s AND {live} AND {unchanged}"
             )
 
@@ -263,14 +268,23 @@ class Statements:
         # A user's sessions: the partial index on userid (rows that have one).
         seen = "coalesce(last_seen, modified_on)"  # rows from before last_seen existed have none
         self.sessions_of = (
-            f"{limit}SELECT key, userid, created_on, {seen}, expires_on, ip, user_agent FROM {t}"
+            f"{limit}SELECT key, userid, created_on, {seen}, expires_on, ip, user_agent, lifetime FROM {t}"
             f" WHERE userid = %(userid)s AND {live} ORDER BY {seen} DESC, created_on DESC"
         )
+        # Each returns the keys it deleted, for the SessionEnded events.
         self.delete_sessions_of = (
-            f"{write}DELETE FROM {t} WHERE userid = %(userid)s AND {live} AND key <> %(keep)s"
+            f"{write}DELETE FROM {t} WHERE userid = %(userid)s AND {live} AND key <> %(keep)s RETURNING key"
         )
         self.delete_session_of = (
-            f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live}"
+            f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live} RETURNING key"
+        )
+        # max_sessions_per_user: a user's live sessions beyond the %(most)s most
+        # recently seen. Run after a login is stored (its own statement, on
+        # rows every committed login has written), so simultaneous logins each
+        # see the others' rows, and the last to run leaves no more than that.
+        self.delete_sessions_beyond = (
+            f"{write}DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE userid = %(userid)s AND {live}"
+            f" ORDER BY {seen} DESC, created_on DESC OFFSET %(most)s) RETURNING key"
         )
         self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
         sizes = "pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
@@ -311,9 +325,14 @@ class Statements:
                 f" AND {expired}"
             )
 
-    def shifted(self) -> Statements:
-        """The same statements on the test clock (:data:`SHIFTED_NOW`), as text."""
-        return Statements(*self._settings, now=self.SHIFTED_NOW, distributed=self.distributed)
+    def shifted(self, offset: float) -> Statements:
+        """The same statements with "now" ``offset`` seconds later (a test's
+        clock), as text whatever ``prepare`` says."""
+        return Statements(
+            *self._settings,
+            now=f"(now() + interval '{float(offset):.6f} seconds')",
+            distributed=self.distributed,
+        )
 
     def counterpart(self, statement: Statement, other: Statements) -> Statement:
         """The statement of ``other`` that ``statement`` is among these (by

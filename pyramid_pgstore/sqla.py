@@ -13,7 +13,7 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 from pyramid.registry import Registry
 from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table, Text, text
-from sqlalchemy.dialects.postgresql import TIMESTAMP
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, TIMESTAMP
 from sqlalchemy.engine import Engine
 
 from . import schema
@@ -44,6 +44,7 @@ def sessions_table(metadata: MetaData, name: str = "http_sessions", schema_name:
         Column("ip", Text),
         Column("user_agent", Text),
         Column("last_seen", timestamp),
+        Column("lifetime", DOUBLE_PRECISION),
         # PostgreSQL's own name, whatever naming convention the metadata has
         PrimaryKeyConstraint("key", name=f"{name[:58]}_pkey"),
         Index(expires_index, "expires_on"),

@@ -21,19 +21,20 @@ from pyramid_pgstore.sql import ENDED_GRACE_SECONDS, Statements
 # -- the variants do what the plain statements do ------------------------------
 
 # Rows in every state the statements tell apart, as (key, data, userid,
-# created, modified, expires) in seconds from "now" (None: never expires).
+# lifetime, created, modified, expires): times in seconds from "now" (None:
+# never expires).
 ROWS = [
-    ("live", '{"n": 1}', "u1", -600, -60, 1200),
-    ("old", '{"n": 2}', "u1", -7200, -60, 1200),  # past a one-hour max_lifetime
-    ("expired", '{"n": 3}', "u1", -3600, -1800, -1),
-    ("expiring", '{"n": 5}', "u1", -3600, -1800, 0),  # expires this very moment
-    ("ended_now", "", None, -600, -10, -10),  # ended within ENDED_GRACE
-    ("ended_long", "", None, -600, -2 * ENDED_GRACE_SECONDS, -2 * ENDED_GRACE_SECONDS),
-    ("forever", '{"n": 4}', "u2", -600, -60, None),
+    ("live", '{"n": 1}', "u1", None, -600, -60, 1200),
+    ("old", '{"n": 2}', "u1", 900.0, -7200, -60, 1200),  # past a one-hour max_lifetime
+    ("expired", '{"n": 3}', "u1", 900.0, -3600, -1800, -1),
+    ("expiring", '{"n": 5}', "u1", None, -3600, -1800, 0),  # expires this very moment
+    ("ended_now", "", None, None, -600, -10, -10),  # ended within ENDED_GRACE
+    ("ended_long", "", None, None, -600, -2 * ENDED_GRACE_SECONDS, -2 * ENDED_GRACE_SECONDS),
+    ("forever", '{"n": 4}', "u2", None, -600, -60, None),
 ]
 KEYS = [row[0] for row in ROWS] + ["unknown"]
 HOUR = "3600.000000 seconds"
-ROW_PARAMS = {"userid": "u3", "ip": "192.0.2.1", "ua": "test"}
+ROW_PARAMS = {"userid": "u3", "ip": "192.0.2.1", "ua": "test", "lifetime": None}
 
 
 def cases():
@@ -59,6 +60,7 @@ def cases():
         found.setdefault("load", []).append((None, {"key": key}))
         found.setdefault("delete_session_of", []).append((None, {"key": key, "userid": "u1"}))
     found["delete_sessions_of"] = [(None, {"userid": "u1", "keep": keep}) for keep in ("", "live")]
+    found["delete_sessions_beyond"] = [(None, {"userid": "u1", "most": most}) for most in (0, 1)]
     found["sessions_of"] = [(None, {"userid": "u1"})]
     found["count_expired"] = [(None, {})]
     found["delete_expired_batch"] = [(None, {"limit": 100})]
@@ -112,14 +114,14 @@ def test_the_statements_for_citus_do_what_the_plain_ones_do(pgstore_dsn, tables,
 
 def outcome(cur, table, now, distributed, name, position, params):
     """What ``name`` returns and leaves in ``table`` filled with ROWS."""
-    for key, data, userid, *times in ROWS:
+    for key, data, userid, lifetime, *times in ROWS:
         created, modified, expires = (
             "'infinity'" if seconds is None else f"{now} + interval '{seconds} seconds'" for seconds in times
         )
         cur.execute(
-            f'INSERT INTO "{table}" (key, data, userid, created_on, modified_on, expires_on)'
-            f" VALUES (%s, %s, %s, {created}, {modified}, {expires})",
-            (key, data, userid),
+            f'INSERT INTO "{table}" (key, data, userid, lifetime, created_on, modified_on, expires_on)'
+            f" VALUES (%s, %s, %s, %s, {created}, {modified}, {expires})",
+            (key, data, userid, lifetime),
         )
     statement = getattr(Statements(table, now=now, distributed=distributed), name)
     cur.execute(statement if position is None else statement[position], params)
