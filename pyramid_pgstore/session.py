@@ -296,7 +296,8 @@ class PGStoreSession(dict):
         if self._holds_session:
             # A logout stands whatever the request's transaction does, unless
             # this request renewed the row in that transaction (shared).
-            self.carry_out(Plan(Write.END, Cookie.DROP, stands=self.stage is Stage.STORED))
+            plan = Plan(Write.END, Cookie.DROP, stands=self.stage is Stage.STORED)
+            self.carry_out(plan, ended_by="invalidated")
         dict.clear(self)
         self.new = True
         self.created = time.time() + self.store.clock_offset
@@ -415,14 +416,16 @@ class PGStoreSession(dict):
         elif outcome.cookie is Cookie.DROP:
             self.cookie.delete(response)
 
-    def carry_out(self, plan: Plan, draft: Draft | None = None) -> Outcome:
+    def carry_out(self, plan: Plan, draft: Draft | None = None, *, ended_by: str | None = None) -> Outcome:
         """Make ``plan``'s write (at most one statement, plus merges) and move
         the stage; return what the cookie must do. A write that finds its
         session gone leaves the cookie alone (the stage becomes LOST).
 
         Writes go to the app's transaction (``shared``) unless the plan
         stands; every other mode writes on the store's own connections.
-        ``draft``: the data to write, if :meth:`draft` made it already.
+        ``draft``: the data to write, if :meth:`draft` made it already;
+        ``ended_by``: the reason an END reports (``SessionEnded``); without
+        one, an END is a logout by ``forget()`` (``SessionOwnerChanged``).
         What the write means for the app, :class:`~pyramid_pgstore.SessionOwnerChanged`,
         :class:`~pyramid_pgstore.SessionEnded` and the session limit, follows
         once the write is stored (:meth:`announce`).
@@ -458,10 +461,10 @@ class PGStoreSession(dict):
             assert self._id is not None
             store.end(self._id)
             self._hold(None, None, Stage.ENDED)
-            if self.owner is None and previous is not None:  # forget(): a logout
+            if ended_by is not None:
+                self._follow(plan, SessionEnded(self.request, handle or "", previous, ended_by))
+            else:  # forget() left nothing: a logout
                 self._follow(plan, SessionOwnerChanged(self.request, handle or "", None, previous))
-            else:
-                self._follow(plan, SessionEnded(self.request, handle or "", previous, "invalidated"))
         if write in (Write.INSERT, Write.REPLACE, Write.RENEW) and self.owner != previous:
             self._follow(
                 plan, SessionOwnerChanged(self.request, self.storage_key or "", self.owner, previous)

@@ -88,6 +88,40 @@ def _plus(timestamp: str, interval: str) -> str:
     return f"({_utc(timestamp)} + {interval}) AT TIME ZONE 'UTC'"
 
 
+# Every parameter's type, for statements that run on a connection of the
+# app's (typed below).
+PARAMETER_TYPES = {
+    **dict.fromkeys(("key", "new_key", "old_key", "keep", "data", "userid", "ip", "ua", "version"), "text"),
+    **dict.fromkeys(("ttl", "cap"), "interval"),
+    "table": "text",  # the quoted name, as text (cast to regclass where the statement says so)
+    "lifetime": "float8",
+    **dict.fromkeys(("limit", "most"), "integer"),
+}
+_UNTYPED_PARAMETER = re.compile(r"%\((\w+)\)s(?!::)")
+
+
+def typed(sql: str) -> str:
+    """``sql`` with every parameter that has no cast given one from
+    :data:`PARAMETER_TYPES` (``%(key)s::text``).
+
+    psycopg2 writes the values into the statement's text, where PostgreSQL
+    sees literals; psycopg 3 sends them apart (``$1``), and PostgreSQL must
+    then infer each one's type from the statement, which it cannot from
+    ``%(version)s IS NULL`` (``could not determine data type of parameter``).
+    With a cast on each, the statement means the same on both drivers.
+
+    :raises KeyError: a parameter :data:`PARAMETER_TYPES` does not know.
+    """
+
+    def cast(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in PARAMETER_TYPES:
+            raise KeyError(f"no type for the parameter %({name})s: add it to sql.PARAMETER_TYPES")
+        return f"{match.group(0)}::{PARAMETER_TYPES[name]}"
+
+    return _UNTYPED_PARAMETER.sub(cast, sql)
+
+
 class Statements:
     """The SQL text for one table, built once.
 
@@ -128,6 +162,11 @@ class Statements:
     statements run on plain PostgreSQL, a little slower to plan; the plain
     ones are unchanged.
 
+    ``typed=True`` casts every parameter to its type (:func:`typed`): for the
+    statements run in the app's transaction (``pgstore.transaction =
+    shared``), on whatever driver its SQLAlchemy session uses, psycopg 3
+    included. The store's own statements, always on psycopg2, go without.
+
     A write of data names the version it read (``%(version)s``, the row's
     ``xmin``): it changes the row only if no other request wrote it since,
     else the store merges and tries again. An ended session is a row with
@@ -143,9 +182,11 @@ class Statements:
         now: str = "now()",
         prepare: bool = False,
         distributed: bool = False,
+        typed: bool = False,
     ) -> None:
         t, _ = quoted_table(table)
         self._prepare = prepare
+        self._typed = typed
         self._settings = (table, synchronous_commit, statement_timeout)
         self.quoted_table = t
         self.distributed = distributed
@@ -286,7 +327,10 @@ class Statements:
             f"{write}DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE userid = %(userid)s AND {live}"
             f" ORDER BY {seen} DESC, created_on DESC OFFSET %(most)s) RETURNING key"
         )
-        self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
+        # What a cleanup pass would delete now (delete_expired_batch's rows).
+        self.count_expired = (
+            f"SELECT count(*) FROM {t} WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
+        )
         sizes = "pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
         if distributed:  # the coordinator's table is an empty shell: the sizes of its shards
             sizes = (
@@ -325,14 +369,14 @@ class Statements:
                 f" AND {expired}"
             )
 
+        if typed:
+            self._type_parameters()
+
     def shifted(self, offset: float) -> Statements:
         """The same statements with "now" ``offset`` seconds later (a test's
-        clock), as text whatever ``prepare`` says."""
-        return Statements(
-            *self._settings,
-            now=f"(now() + interval '{float(offset):.6f} seconds')",
-            distributed=self.distributed,
-        )
+        clock), as text whatever ``prepare`` says, typed if these are."""
+        now = f"(now() + interval '{float(offset):.6f} seconds')"
+        return Statements(*self._settings, now=now, typed=self._typed, distributed=self.distributed)
 
     def counterpart(self, statement: Statement, other: Statements) -> Statement:
         """The statement of ``other`` that ``statement`` is among these (by
@@ -346,6 +390,14 @@ class Statements:
                 if each is statement:
                     return getattr(other, name)[position]
         return statement
+
+    def _type_parameters(self) -> None:
+        """Give every parameter of every statement its type (:func:`typed`)."""
+        for name, value in vars(self).items():
+            if isinstance(value, str):
+                setattr(self, name, typed(value))
+            elif isinstance(value, tuple) and all(isinstance(each, str) for each in value):
+                setattr(self, name, tuple(typed(each) for each in value))
 
     def _statement(self, kind: str, prefix: str, body: str) -> Statement:
         """A per-request statement: text, or prepared (see _prepared)."""

@@ -102,6 +102,7 @@ class PGStore:
         store = cls.__new__(cls)
         store.dsn = None
         store._open(checkout, options)
+        checkout.release()  # an engine's pool keeps no connection of the construction (see EngineCheckout)
         return store
 
     def _open(self, checkout: Checkout, options: StoreOptions) -> None:
@@ -134,7 +135,9 @@ class PGStore:
         if self._transaction_sql is None:
             if not self._table_checked:
                 self._check_table()
-            self._transaction_sql = Statements(self.table, distributed=self._plain_sql.distributed)
+            distributed = self._plain_sql.distributed
+            # typed: on the app's driver, maybe psycopg 3
+            self._transaction_sql = Statements(self.table, typed=True, distributed=distributed)
         bound = PGStore.__new__(PGStore)
         bound.dsn = None
         bound._configure(self.options, TransactionExecutor(conn, self.table, after), self._transaction_sql)
@@ -490,7 +493,9 @@ class PGStore:
         return self._own_executor().hold_lock(*lock, wait=wait, stop=stop)
 
     def count_expired(self) -> int:
-        """How many expired rows are waiting for cleanup (a full count)."""
+        """How many rows a cleanup pass would delete now (a full count):
+        expired sessions, less those ended within the last
+        :data:`~pyramid_pgstore.sql.ENDED_GRACE`, which cleanup keeps."""
         return self._run(self._sql.count_expired, {}, scalar, watched=False)  # a scan: no commit_timeout
 
     def table_stats(self) -> dict[str, int]:
