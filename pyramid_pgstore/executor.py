@@ -127,6 +127,9 @@ class Executor:
 
         :raises StoreUnavailable: the database canceled or refused it, or no
             writable server answered in time.
+        :raises UnsupportedStatement: (a StoreUnavailable) the database does
+            not support the statement: Citus, on a table distributed after
+            the store started.
         :raises SchemaOutdated: the table lacks a column this release writes.
         """
         deadline = time.monotonic() + self.failover_timeout
