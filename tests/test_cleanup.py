@@ -59,7 +59,7 @@ def ini(tmp_path, pgstore_store, pgstore_dsn):
     """An app's ini file with the test database (the table exists)."""
     path = tmp_path / "app.ini"
     path.write_text(
-        f"[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = {pgstore_dsn}\npgstore.secret = {'s' * 40}\n"
+        f"[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = {pgstore_dsn}\npgstore.secret = {'s' * 40}\n"
     )
     return str(path)
 
@@ -200,7 +200,7 @@ def test_a_pgstore_override_on_the_command_line_wins(ini, pgstore_dsn, capsys):
 )
 def test_configuration_errors_exit_2_with_a_message_and_no_traceback(ini, tmp_path, capsys, argv, message):
     empty_ini = tmp_path / "empty.ini"
-    empty_ini.write_text("[app:main]\nuse = egg:pyramid_pgstore\n")
+    empty_ini.write_text("[app:main]\nuse = egg:WebTest#debug\n")
     argv = [arg.format(ini=ini, empty_ini=empty_ini) for arg in argv]
     assert main(["pgstore-cleanup", *argv]) == 2
     err = capsys.readouterr().err
@@ -228,7 +228,7 @@ def test_a_missing_ini_file_argument_names_only_that_argument(prog, main_of, cap
 def test_an_unreachable_database_exits_1(tmp_path, capsys):
     path = tmp_path / "down.ini"
     path.write_text(
-        "[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = host=127.0.0.1 port=9 user=x dbname=x\n"
+        "[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = host=127.0.0.1 port=9 user=x dbname=x\n"
     )
     assert main(["pgstore-cleanup", str(path)]) == 1
     err = capsys.readouterr().err
