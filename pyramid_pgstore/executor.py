@@ -14,13 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import cursor as Cursor
 
-from . import testing
 from ._prepared import PreparedStatements
 from .dsn import redact
 from .errors import PoolTimeout, SchemaOutdated, StoreUnavailable
@@ -35,6 +34,17 @@ T = TypeVar("T")
 _LOCK_POLL = 0.5  # seconds between tries when waiting for a lock
 _FAILOVER_POLL = 0.1  # seconds between tries when waiting for a writable server
 _UNREPLICATED = "canceling wait for synchronous replication"
+
+
+class Runner(Protocol):
+    """What runs the store's statements: :class:`Executor` on its pool, or
+    :class:`TransactionExecutor` in the app's transaction."""
+
+    queries: int
+
+    def run(
+        self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T], *, watched: bool = True
+    ) -> T: ...
 
 
 class _Retry(Exception):
@@ -118,7 +128,6 @@ class Executor:
             writable server answered in time.
         :raises SchemaOutdated: the table lacks a column this release writes.
         """
-        params["offset"] = testing.clock.offset
         deadline = time.monotonic() + self.failover_timeout
         tried_again = False
         while True:
@@ -226,7 +235,6 @@ class TransactionExecutor:
     def run(
         self, sql: Statement, params: dict[str, Any], result: Callable[[Cursor], T], *, watched: bool = True
     ) -> T:
-        params["offset"] = testing.clock.offset
         self.queries += 1
         try:
             with self.conn.cursor() as cur:

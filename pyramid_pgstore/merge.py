@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .records import SessionRecord
+from .records import Draft, SessionRecord
 from .serializer import Serializer, check, deserialize, encode
 
 log = logging.getLogger("pyramid_pgstore")
@@ -72,24 +72,30 @@ class Changes:
         return merged
 
 
-def changes(serializer: Serializer, loaded_payload: str, current: Mapping[str, Any]) -> Changes:
+def changes(
+    serializer: Serializer,
+    loaded_payload: str,
+    current: Mapping[str, Any],
+    claim: frozenset[str] = frozenset(),
+) -> Changes:
     """What turned the session stored as ``loaded_payload`` into ``current``.
 
     Values are compared as the serializer writes them, so a change inside
-    a nested value counts, and ``1`` and ``True`` differ.
+    a nested value counts, and ``1`` and ``True`` differ. A key in ``claim``
+    counts as set (or removed, if ``current`` lacks it) even if unchanged.
     """
     original = deserialize(serializer, loaded_payload)
     changed: dict[str, Any] = {}
     queues: dict[str, _Queue] = {}
     for key, value in current.items():
         before = original.get(key, _MISSING)
-        if before is not _MISSING and _same(serializer, before, value):
+        if key not in claim and before is not _MISSING and _same(serializer, before, value):
             continue
         if _is_queue(key, before, value):
             queues[key] = _queue_change(before, value)
         else:
             changed[key] = value
-    removed = set()
+    removed = {key for key in claim if key not in current}
     for key, before in original.items():
         if key not in current:
             if _is_queue(key, before, _MISSING):
@@ -120,42 +126,42 @@ def _queue_change(before: Any, after: list[Any]) -> _Queue:
 
 def write_merging(
     store: _Encoding,
-    loaded: SessionRecord,
-    current: dict[str, Any],
-    payload: str,
-    write: Callable[[SessionRecord, dict[str, Any], str, str | None], bool],
+    read: SessionRecord,
+    draft: Draft,
+    write: Callable[[SessionRecord, Draft, str | None], SessionRecord | None],
     reload: Callable[[], SessionRecord | None],
-) -> bool:
-    """Save ``current`` (``payload``), read as ``loaded``, merging on conflict.
+) -> SessionRecord | None:
+    """Write ``draft``, made from the session as ``read``, merging on conflict.
 
-    ``write(base, data, payload, version)`` writes if the row is still at
-    ``version`` and says whether it did; ``reload()`` reads the row again
-    (None: it is gone). After a failed write, this request's changes are put
-    on top of the row as reloaded, checked (``max_length``) and written
-    again. Returns False if the row is gone. Under a storm of writes, the
-    last try writes over whatever is there (and says so in the log).
+    ``write(base, draft, version)`` writes if the row is still at ``version``
+    and returns the row as written, else None; ``reload()`` reads the row
+    again (None: it is gone). After a failed write, this request's changes
+    are put on top of the row as reloaded, checked (``max_length``) and
+    written again. Returns None if the row is gone. Under a storm of writes,
+    the last try writes over whatever is there (and says so in the log).
     """
-    data, base, delta = current, loaded, None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    base, attempt, delta = read, draft, None
+    for tries in range(1, MAX_ATTEMPTS + 1):
         version = base.version
-        if attempt == MAX_ATTEMPTS:
+        if tries == MAX_ATTEMPTS:
             log.warning(
-                "session %s… written %d times by others meanwhile: writing over", base.key[:12], attempt
+                "session %s… written %d times by others meanwhile: writing over", base.key[:12], tries
             )
             version = None
-        if write(base, data, payload, version):
-            return True
+        check(store.serializer, attempt.data, attempt.payload, store.max_length)
+        written = write(base, attempt, version)
+        if written is not None:
+            return written
         fresh = reload()
         if fresh is None:
-            return False
-        if fresh.payload == payload:
+            return None
+        if fresh.payload == attempt.payload:
             # What this try would write is there: most likely this very write,
             # done before a lost connection made it look failed (the executor
             # sends it again). Merging again would add its flashes twice.
-            return write(fresh, data, payload, fresh.version)
-        delta = delta or changes(store.serializer, loaded.payload, current)
+            return write(fresh, attempt, fresh.version)
+        delta = delta or changes(store.serializer, read.payload, draft.data, draft.claim)
         data = delta.apply(fresh.data)
-        payload = encode(store.serializer, data)
-        check(store.serializer, data, payload, store.max_length)
+        attempt = draft.merged(data, encode(store.serializer, data))
         base = fresh
-    return False
+    return None

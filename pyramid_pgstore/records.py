@@ -1,12 +1,13 @@
-"""What the store hands back (a loaded session, a session listed for its user),
-and what a row records of its client."""
+"""What the store takes and hands back (a session to write, a loaded
+session, a session listed for its user), and what a row records of its client."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -83,6 +84,36 @@ class SessionRecord:
     def age(self) -> float:
         """Seconds since the session was created, by the database's clock."""
         return (self.loaded_at - self.created_on).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A session as a request would store it: its data, that data encoded
+    (:meth:`PGStore.draft`), and what the row records beside it.
+
+    ``owner_key`` is the key whose value names the session's user (the row's
+    ``userid``); ``ip`` and ``user_agent`` describe the client (None: not
+    recorded). ``claim`` lists keys whose value, or absence, this request
+    decides even where it did not change them: a merge with a concurrent
+    write takes them from this draft (a CSRF token after a login).
+    """
+
+    data: Mapping[str, Any]
+    payload: str
+    owner_key: str = "auth.userid"
+    ip: str | None = None
+    user_agent: str | None = None
+    claim: frozenset[str] = frozenset()
+
+    @property
+    def userid(self) -> str | None:
+        """The session's user, as the ``userid`` column holds it (text), or None."""
+        value = self.data.get(self.owner_key)
+        return None if value is None else str(value)
+
+    def merged(self, data: dict[str, Any], payload: str) -> Draft:
+        """This draft with other data (its changes put on another request's)."""
+        return replace(self, data=data, payload=payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 
 from .errors import SchemaOutdated
-from .executor import Executor, nothing, one
+from .executor import Runner, nothing, one
 from .sql import quoted_table
 
 log = logging.getLogger("pyramid_pgstore")
@@ -143,14 +143,14 @@ def locked(statements: list[str]) -> str:
     return head + "; ".join(statements)
 
 
-def inspect(executor: Executor, quoted: str) -> TableState:
+def inspect(executor: Runner, quoted: str) -> TableState:
     """What is in the database under the (quoted) table name: one statement."""
     found = executor.run(INSPECT, {"table": quoted}, one, watched=False)
     exists, comment, columns = found or (False, None, ())
     return TableState(exists, comment, frozenset(columns or ()))
 
 
-def prepare(executor: Executor, table: str, quoted: str) -> list[str]:
+def prepare(executor: Runner, table: str, quoted: str) -> list[str]:
     """Create the table, or upgrade it to the current layout; return the
     statements run: none when it was current, and then nothing beyond
     reading the catalog is needed (no CREATE or ALTER privilege).
@@ -165,7 +165,7 @@ def prepare(executor: Executor, table: str, quoted: str) -> list[str]:
     return needed
 
 
-def check(executor: Executor, table: str, quoted: str) -> None:
+def check(executor: Runner, table: str, quoted: str) -> None:
     """:raises SchemaOutdated: the table is missing or needs upgrading."""
     state = inspect(executor, quoted)
     if not state.exists:

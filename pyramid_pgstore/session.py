@@ -1,61 +1,99 @@
 """The Pyramid session: ``request.session`` backed by a :class:`PGStore`.
 
-Cost model, per request:
+One request's session, start to end (the states are named in
+:mod:`pyramid_pgstore.lifecycle`):
 
-* never touching ``request.session`` costs nothing (Pyramid builds the session
-  on first access);
-* no valid cookie: no database work; a new session that is only read writes
-  no row and sets no cookie;
-* a valid cookie: one SELECT when the session is first accessed;
-* at the end of the request, at most one write: the row is saved if its data
-  changed (with a new id if its user changed), or its expiry refreshed if
-  ``reissue_time`` has passed; ``invalidate()`` ends it at once. A write that
-  finds the row written by another request since it was read merges its own
-  changes into that (:mod:`pyramid_pgstore.merge`) and tries again.
+1. Pyramid builds it on first access to ``request.session``. The cookie is
+   read and, if it is validly signed, its session looked up: one SELECT.
+   What was :class:`~pyramid_pgstore.lifecycle.Found` decides the
+   :class:`~pyramid_pgstore.lifecycle.Stage` it starts in.
+2. The view reads and changes it like a dict. Readers cost nothing; methods
+   that change it (marked ``@_changes``) only mark it for the end of the
+   request. Two calls write at once and say so: :meth:`~PGStoreSession.invalidate`
+   ends the stored session, :meth:`~PGStoreSession.renew` gives it a new id.
+3. At the end of the request (the session tween, pyramid_tm's commit, or a
+   response callback) :meth:`~PGStoreSession.finish` sums up the
+   :class:`~pyramid_pgstore.lifecycle.Situation`, asks
+   :func:`~pyramid_pgstore.lifecycle.decide` for the
+   :class:`~pyramid_pgstore.lifecycle.Plan` and carries it out in one place
+   (:meth:`~PGStoreSession.carry_out`): at most one write, and the cookie
+   kept, set or dropped.
+
+Cost, per request: never touching ``request.session`` costs nothing; no
+valid cookie, no database work until there is data to save; a valid cookie,
+one SELECT; at the end, at most one write (one statement, unless another
+request wrote the row meanwhile: then its changes are merged, one more read
+and write per conflict).
 
 A response changes the cookie only for a session its request owns at the
 end: one it loaded, or one it created. A request whose session turns out to
 be gone (another request logged out, logged in or revoked it meanwhile)
 leaves the cookie alone, since the browser may already hold a newer one,
 and drops its write (logged at debug level).
-
-The dict methods, flash queues and CSRF token: :mod:`pyramid_pgstore.sessiondict`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pyramid.interfaces import ISession
 from pyramid.request import Request
 from pyramid.response import Response
 from zope.interface import implementer
 
-from . import testing, tm
+from . import tm
 from .cookie import SessionCookie, new_session_id, vary_on_cookie
+from .lifecycle import Cookie, Ending, Found, Outcome, Owner, Plan, Situation, Stage, Write, decide
 from .lifetime import Lifetime
-from .merge import write_merging
+from .merge import FLASH_PREFIX
 from .options import SessionOptions
-from .records import SessionRecord, client_fields, storage_key
-from .serializer import check, encode
-from .sessiondict import CSRF_KEY, SessionDict
+from .records import Draft, SessionRecord, client_fields, storage_key
 from .store import PGStore
 
 log = logging.getLogger("pyramid_pgstore")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+CSRF_KEY = "_csrft_"  # the key Pyramid's own sessions keep the token under
+
+
+class Progress(enum.Enum):
+    """Whether the end of the request still has work for the session."""
+
+    IDLE = "nothing to do at the end (nothing changed, nothing to refresh)"
+    DUE = "to finish when the response is ready"
+    HANDED = "to be finished by pyramid_tm's commit (or abandoned by its abort)"
+    DONE = "finished"
+
+
+def _changes(method: F) -> F:
+    """Mark a dict method as one that changes the session (saved at the end)."""
+
+    def changing(self: PGStoreSession, *args: Any, **kwargs: Any) -> Any:
+        self.changed()
+        return method(self, *args, **kwargs)
+
+    changing.__name__ = method.__name__
+    changing.__doc__ = method.__doc__
+    return changing  # type: ignore[return-value]
+
 
 @implementer(ISession)
-class PGStoreSession(SessionDict):
+class PGStoreSession(dict):
     """One request's session. Created by the factory, configured by it.
 
     Changes are saved when the response is finished. A change inside a nested
     value (``session['cart'].append(x)``) is saved too: the data is compared
     with what was loaded. Calling :meth:`changed` is still allowed.
+
+    ``found`` and ``stage`` say where the session stands
+    (:mod:`pyramid_pgstore.lifecycle`).
     """
 
     # Set by session_factory on the subclass it makes: the configuration,
@@ -63,55 +101,63 @@ class PGStoreSession(SessionDict):
     store: PGStore
     cookie: SessionCookie
     options: SessionOptions
-    _lifetime: Lifetime
+    lifetime: Lifetime
 
     def __init__(self, request: Request) -> None:
         self.request: Request | None = request
         self.new = True
-        self.created = time.time() + testing.clock.offset
-        self._id: str | None = None  # the stored session this request owns, once there is one
-        self._loaded: SessionRecord | None = None  # its row as read (or last written)
-        self._read_owner: str | None = None  # its owner as read (_read_token: its CSRF token)
-        self._dead_id: str | None = None  # the cookie named a session that expired or went
-        self._superseded = False  # ... that another request ended a moment ago
-        self._refresh = False  # the expiry is due for a refresh
-        self._resign = False  # the cookie was signed by a retired secret
-        self._cookie_due = False  # the id changed already (renew): send it
-        self._delete_cookie = False  # this request ended its own session
-        self._finishing = False  # _finish is due when the response is ready
-        self._finished = False
+        self.created = time.time() + self.store.clock_offset
+        self.found = Found.NOTHING
+        self.stage = Stage.NEW
+        self.progress = Progress.IDLE
+        self._id: str | None = None  # the stored session this request holds (STORED, RENEWED)
+        self._record: SessionRecord | None = None  # its row as read, or as this request last wrote it
+        self._cookie_id: str | None = None  # the id the cookie named
+        self._read_owner: str | None = None  # the owner and CSRF token as first read
+        self._read_token: str | None = None
+        self._refresh_due = False  # the row as read: its expiry is due for a refresh
+        self._old_secret = False  # the cookie was signed by a retired secret
+        self._renew_asked = False  # renew() waits for pyramid_tm's commit (transaction = auto)
         # Under pyramid_tm (pgstore.transaction): "auto" defers every write to
         # the commit, "shared" runs it in the app's database transaction.
-        mode = self.options.transaction
-        self._at_commit = mode == "auto" and tm.managed(request)
-        self._renew_asked = False  # with _at_commit: renew() gives a new id at commit
-        self._logged_out = False  # a session was ended outside any transaction: it stays ended
-        if mode == "shared" and tm.managed(request):
-            self.store = tm.shared_store(self.store, request, self.options.dbsession)
+        mode, managed = self.options.transaction, tm.managed(request)
+        self._renew_at_commit = mode == "auto" and managed
+        self._transaction = (
+            tm.shared_store(self.store, request, self.options.dbsession)
+            if mode == "shared" and managed
+            else None
+        )
+        self._read(request)
+
+    # -- the start: what the cookie leads to ----------------------------------
+
+    def _read(self, request: Request) -> None:
         session_id, current_secret = self.cookie.read(request)
         if session_id is None:
             return
-        found = self.store.lookup(session_id)
+        self._cookie_id = session_id
+        found = (self._transaction or self.store).lookup(session_id)
         record = found.record
-        if record is not None and self._lifetime.ended(record):
-            record = None
-        if record is not None:
-            self._adopt(session_id, record, current_secret)
-        elif found.ended:
-            self._superseded = True
-        elif not found.unreadable:  # an unreadable row is left alone, for someone to look at
-            self._dead_id = session_id
-
-    def _adopt(self, session_id: str, record: SessionRecord, current_secret: bool) -> None:
+        if record is not None and self.lifetime.ended(record):
+            record = None  # past max_lifetime: dead, however active
+        if record is None:
+            self.found = Found.ENDED if found.ended else Found.UNREADABLE if found.unreadable else Found.DEAD
+            return
         dict.update(self, record.data)
-        self._id = session_id
-        self._loaded = record
+        self.found, self.stage = Found.LIVE, Stage.STORED
+        self._id, self._record = session_id, record
         self._read_owner, self._read_token = self._owner_of(record.data), record.data.get(CSRF_KEY)
         self.new = False
         self.created = record.created_on.timestamp()
-        self._refresh = self._lifetime.due_for_refresh(record)
-        self._resign = not current_secret
-        self._finish_with_response()  # to see changes, refresh or re-sign
+        self._refresh_due = self.lifetime.due_for_refresh(record)
+        self._old_secret = not current_secret
+        self._finish_at_end()  # to see changes (nested ones too), refresh or re-sign
+
+    @property
+    def session_id(self) -> str | None:
+        """The id of the stored session this request holds (what its cookie
+        carries), or None. A credential: show or log :attr:`storage_key` instead."""
+        return self._id
 
     @property
     def storage_key(self) -> str | None:
@@ -131,18 +177,60 @@ class PGStoreSession(SessionDict):
         value = data.get(self.options.userid_key)
         return None if value is None else str(value)
 
-    def _new_owner_since_write(self) -> bool:
-        """A new owner since the row was read or this request last wrote it (a renew)."""
-        return self._loaded is not None and self._owner_of(self._loaded.data) != self.owner
-
-    def _new_owner_since_read(self) -> bool:
-        return self.owner != self._read_owner
-
-    # -- ISession -------------------------------------------------------------
+    # -- ISession: the dict -----------------------------------------------------
 
     def changed(self) -> None:
         """Mark the session as changed; it is saved when the response is finished."""
-        self._finish_with_response()
+        self._finish_at_end()
+
+    def _finish_at_end(self) -> None:
+        """The end of the request has work: register for it, once."""
+        if self.progress is Progress.IDLE and self.request is not None:
+            self.progress = Progress.DUE
+            self.request.add_response_callback(self._finish_late)
+
+    __setitem__ = _changes(dict.__setitem__)
+    __delitem__ = _changes(dict.__delitem__)
+    clear = _changes(dict.clear)
+    pop = _changes(dict.pop)
+    popitem = _changes(dict.popitem)
+    setdefault = _changes(dict.setdefault)
+    update = _changes(dict.update)
+    __ior__ = _changes(dict.__ior__)
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        storage = self.setdefault(FLASH_PREFIX + queue, [])
+        if allow_duplicate or msg not in storage:
+            storage.append(msg)
+
+    def pop_flash(self, queue: str = "") -> list[Any]:
+        return self.pop(FLASH_PREFIX + queue, [])
+
+    def peek_flash(self, queue: str = "") -> list[Any]:
+        return self.get(FLASH_PREFIX + queue, [])
+
+    def new_csrf_token(self) -> str:
+        token = secrets.token_hex(20)
+        self[CSRF_KEY] = token
+        return token
+
+    def get_csrf_token(self) -> str:
+        token = self.get(CSRF_KEY)
+        if token is None or self._csrf_token_stale(token):
+            token = self.new_csrf_token()
+        return token
+
+    def _csrf_token_stale(self, token: str) -> bool:
+        # Whoever planted a session before its login (fixation) knows its
+        # CSRF token: a new user gets a new one, as Django's login() does.
+        return self.owner != self._read_owner and token == self._read_token
+
+    def _drop_stale_csrf_token(self) -> None:
+        """Forget a stale token: the next get_csrf_token() makes a new one."""
+        if CSRF_KEY in self and self._csrf_token_stale(self[CSRF_KEY]):
+            dict.pop(self, CSRF_KEY)
+
+    # -- ISession: the two calls that write at once ---------------------------
 
     def invalidate(self) -> None:
         """End the stored session now (one round trip) and empty this one.
@@ -150,226 +238,193 @@ class PGStoreSession(SessionDict):
         The response drops the cookie, unless data is written to the session
         later in the request: that data goes to a brand-new session id.
         """
-        if self._id is not None:
-            self._end(self._id)
-            self._delete_cookie = True
-        self._id = None
-        self._loaded = None
-        self._refresh = self._resign = self._cookie_due = False
+        if self._holds_session:
+            # A logout stands whatever the request's transaction does, unless
+            # this request renewed the row in that transaction (shared).
+            self.carry_out(Plan(Write.END, Cookie.DROP, stands=self.stage is Stage.STORED))
         dict.clear(self)
         self.new = True
-        self.created = time.time() + testing.clock.offset
-        self._finish_with_response()
-
-    def _end(self, session_id: str) -> None:
-        """End a stored session now. A logout must stand whatever the
-        request's transaction does, so it does not wait for pyramid_tm's
-        commit, and runs on the store's own connections, outside the app's
-        transaction (``shared``), unless this request wrote the row in that
-        transaction already (a renew), where only the transaction sees it."""
-        if self._cookie_due:
-            self.store.end(session_id)
-        else:
-            type(self).store.end(session_id)
-            self._logged_out = True
+        self.created = time.time() + self.store.clock_offset
+        self._finish_at_end()
 
     def renew(self) -> None:
         """Give the stored session a new id now, keeping its data (and this
         request's changes so far): one statement, after which the old id is
-        dead. The response sends the new id. A session not stored yet gets a
-        fresh id anyway, so there is nothing to do."""
-        if self._id is None or self._loaded is None:
+        dead. The response sends the new id. Under pyramid_tm with
+        ``transaction = auto`` the new id is given at commit instead. A
+        session not stored yet gets a fresh id anyway: nothing to do."""
+        if not self._holds_session:
             return
-        if self._at_commit:
+        if self._renew_at_commit:
             self._renew_asked = True
-            self._finish_with_response()
-            return
-        self._drop_stale_csrf_token()
-        payload = encode(self.store.serializer, self)
-        check(self.store.serializer, self, payload, self.store.max_length)
-        if not self._write(self.request, payload, renew=True):
-            self._lost("was ended while being renewed")
-            return
-        if (merged := self._loaded.data if self._loaded else {}) != self:  # others' changes came in the merge
-            dict.clear(self)
-            dict.update(self, merged)
-        self._cookie_due = True
-        self._finish_with_response()
+        else:
+            self._drop_stale_csrf_token()
+            self.carry_out(Plan(Write.RENEW, Cookie.SET))
+        self._finish_at_end()
 
-    # -- finishing the response -----------------------------------------------
+    # -- the end of the request -----------------------------------------------
 
-    def _finish_with_response(self) -> None:
-        if not self._finishing and self.request is not None:
-            self._finishing = True
-            self.request.add_response_callback(self._finish_late)
+    @property
+    def _holds_session(self) -> bool:
+        return self.stage in (Stage.STORED, Stage.RENEWED)
 
-    def _finish(self, request: Request, response: Response) -> None:
-        """Write what changed (one statement, unless another request wrote
-        the row meanwhile) and set the cookie.
+    def situation(self, ending: Ending = Ending.RESPONSE, draft: Draft | None = None) -> Situation:
+        """Where the session stands, for :func:`~pyramid_pgstore.lifecycle.decide`;
+        ``draft``: the data as it would be written (:meth:`draft`), to tell
+        whether it changed. No database work."""
+        holds = self._holds_session
+        owner = self.owner
+        before = self._owner_of(self._record.data) if self._record is not None else None
+        if owner == before or (not holds and owner is None):
+            change = Owner.SAME
+        else:
+            change = Owner.SIGNED_IN if owner is not None else Owner.SIGNED_OUT
+        return Situation(
+            found=self.found,
+            stage=self.stage,
+            ending=ending,
+            has_data=bool(self),
+            changed=draft is not None and self._record is not None and draft.payload != self._record.payload,
+            owner=change,
+            renew_asked=self._renew_asked,
+            renew_on_login=self.options.renew_on_login,
+            refresh_due=self._refresh_due,
+            old_secret=self._old_secret,
+            persistent_cookie=self.cookie.max_age is not None,
+        )
 
-        Runs once: from :func:`session_tween_factory` (so a store error
-        reaches the app's exception views), else as a response callback.
-        """
-        if self._finished:
-            return
-        self._finished = True
-        self._finish_now(request, response)
+    def finish(self, request: Request) -> Outcome:
+        """End the request's session: decide (:func:`~pyramid_pgstore.lifecycle.decide`)
+        and carry out the plan; return what the response's cookie must do
+        (:meth:`send` puts it on a response). Runs once; later calls do
+        nothing. At most one write (see :meth:`carry_out`)."""
+        raised = getattr(request, "exception", None) is not None and not self.options.set_on_exception
+        return self._end(request, Ending.EXCEPTION if raised else Ending.RESPONSE)
 
-    def _finish_late(self, request: Request, response: Response) -> None:
-        """:meth:`_finish` as a response callback (no session tween: a factory
-        set in code): pyramid_tm's transaction is over by then, so the write
-        is made as with ``transaction = none``, on the store's own connections."""
-        self.store = type(self).store
-        self._finish(request, response)
+    def abandon(self, request: Request) -> Outcome:
+        """pyramid_tm aborted the request's transaction (``transaction =
+        auto``): nothing it changed is saved and the cookie is left alone,
+        except that a logout stands (``invalidate()`` ended the session
+        already; ``forget()`` ends it now, with whatever else it held)."""
+        return self._end(request, Ending.ABORTED)
 
-    def _finish_now(self, request: Request, response: Response) -> None:
-        """:meth:`_finish` without its run-once guard (what a transaction's commit calls)."""
-        self.request = None  # the session outlives the request in some apps
-        if not self.options.set_on_exception and getattr(request, "exception", None) is not None:
-            self._send_done_changes(response)  # only what already happened to the row
-            return
-        if self._loaded is not None:
-            # This response was made with a stored session's data: a shared
-            # cache must not serve it to a request with another cookie.
+    def _end(self, request: Request, ending: Ending) -> Outcome:
+        if self.progress is Progress.DONE:
+            return Outcome(Cookie.KEEP)
+        self.progress = Progress.DONE
+        self.request = request
+        try:
+            draft = None
+            if ending is Ending.RESPONSE:
+                self._drop_stale_csrf_token()
+                if self or self._holds_session:
+                    draft = self.draft()
+            vary = ending is Ending.RESPONSE and self._holds_session  # made with stored data
+            done = self.carry_out(decide(self.situation(ending, draft)), draft)
+        finally:
+            self.request = None  # the session outlives the request in some apps
+        return Outcome(done.cookie, done.session_id, done.stands, vary)
+
+    def hand_over(self) -> None:
+        """pyramid_tm's transaction will finish the session at its commit (or
+        abandon it at its abort): the response callback leaves it alone."""
+        if self.progress is Progress.DUE:
+            self.progress = Progress.HANDED
+
+    def send(self, outcome: Outcome, response: Response) -> None:
+        """Put ``outcome``'s cookie on ``response`` (and ``Vary: Cookie`` where due)."""
+        if outcome.vary:
             vary_on_cookie(response)
-        self._save(request, response)
-
-    def _logged_out_by_forget(self) -> bool:
-        """The loaded session had a user, and this request removed it."""
-        return self._new_owner_since_write() and self.owner is None
-
-    def _abandon(self, response: Response) -> None:
-        """The request's transaction aborted (pyramid_tm, ``auto``): nothing
-        it changed is saved, and the cookie is left alone, except that a
-        logout stands: ``invalidate()`` has ended the session already, and
-        ``forget()`` ends it now (with whatever else it held)."""
-        self.request = None
-        if self._id is not None and self._logged_out_by_forget():
-            self._end(self._id)
-            self._id = self._loaded = None
-            self._delete_cookie = True
-        if self._delete_cookie and self._id is None:
+        if outcome.cookie is Cookie.SET:
+            self.cookie.set(response, outcome.session_id)  # type: ignore[arg-type]
+        elif outcome.cookie is Cookie.DROP:
             self.cookie.delete(response)
 
-    def _send_done_changes(self, response: Response) -> None:
-        if self._id is not None and self._cookie_due:
-            self.cookie.set(response, self._id)
-        elif self._delete_cookie and self._id is None:
-            self.cookie.delete(response)
+    def carry_out(self, plan: Plan, draft: Draft | None = None) -> Outcome:
+        """Make ``plan``'s write (at most one statement, plus merges) and move
+        the stage; return what the cookie must do. A write that finds its
+        session gone leaves the cookie alone (the stage becomes LOST).
 
-    def _save(self, request: Request, response: Response) -> None:
-        loaded = self._loaded
-        if self._id is None or loaded is None:
-            if self:
-                self._save_new(request, response, encode(self.store.serializer, self))
-            elif self._delete_cookie:  # invalidate() ended the session this request had
-                self.cookie.delete(response)
-            return
-        renew = self._renew_asked or (self.options.renew_on_login and self._new_owner_since_write())
-        self._drop_stale_csrf_token()
-        if renew and not self and self._logged_out_by_forget():
-            # Its user logged out (forget()) and nothing is left: end it, as invalidate().
-            self._end(self._id)
-            self._id = self._loaded = None
-            self.cookie.delete(response)
-            return
-        # Emptied by the app, it stays, empty: another request may be adding to it.
-        payload = encode(self.store.serializer, self)
-        if payload != loaded.payload or renew:
-            check(self.store.serializer, self, payload, self.store.max_length)  # before any write
-            if renew and self._logged_out_by_forget() and not self._cookie_due:
-                # A logout keeping other data: renewed at once, outside the
-                # app's transaction (shared), so that it stands if that aborts.
-                self.store, self._logged_out = type(self).store, True
-            if not self._write(request, payload, renew):
-                self._lost("was ended or revoked by another request")
-                return
-            self._cookie_due |= renew
-        elif self._refresh:
-            ttl, cap = self._lifetime.ttl_at(loaded.age), self._lifetime.cap
-            if not self.store.touch(self._id, ttl, cap=cap, **self._client(request)):
-                self._lost("was ended or revoked by another request")
-                return
-        elif not (self._resign or self._cookie_due):
-            return  # read only: nothing to write, nothing to send
-        if self._cookie_due or self._resign or self.cookie.max_age is not None:
-            self.cookie.set(response, self._id)
+        Writes go to the app's transaction (``shared``) unless the plan
+        stands; every other mode writes on the store's own connections.
+        ``draft``: the data to write, if :meth:`draft` made it already.
 
-    def _save_new(self, request: Request, response: Response, payload: str) -> None:
-        if self._superseded and self.owner is None:
-            # Its cookie named a session ended a moment ago, most likely by a login or logout
-            # whose newer cookie the browser holds: a cookie set here would replace that one.
-            # A login still saves: it is the newest word on who the browser is.
-            log.debug("not saving a session whose cookie another request has just replaced")
-            return
-        check(self.store.serializer, self, payload, self.store.max_length)  # before any write
-        session_id = new_session_id()
-        row = {"userid": self.owner, **self._client(request)}
-        if self._dead_id is not None:
-            ttl, cap = self._lifetime.ttl_at(0), self._lifetime.cap
-            if not self.store.succeed(self._dead_id, session_id, payload, ttl, cap=cap, **row):
+        :raises SessionTooLarge: before any write; the stored row is untouched.
+        :raises StoreUnavailable: the database could not be reached.
+        """
+        store = self.store if plan.stands or self._transaction is None else self._transaction
+        write = plan.write
+        if write is Write.INSERT:
+            session_id = new_session_id()
+            takes_over = self._cookie_id if plan.takes_over else None
+            ttl, cap = self.lifetime.ttl_at(0), self.lifetime.cap
+            if not store.create(session_id, draft or self.draft(), ttl, replacing=takes_over, cap=cap):
                 log.debug("not saving: another request already replaced this cookie's expired session")
-                return
-        else:
-            self.store.save_serialized(session_id, payload, self._lifetime.ttl_at(0), **row)
-        self._id = session_id
-        self.cookie.set(response, session_id)
+                return Outcome(Cookie.KEEP)
+            self._hold(session_id, None, Stage.STORED)
+        elif write in (Write.REPLACE, Write.RENEW):
+            if not self._write(
+                store, draft or self.draft(), renew=write is Write.RENEW, refresh=plan.refresh
+            ):
+                return self._lost("was ended or revoked by another request")
+        elif write is Write.TOUCH:
+            assert self._id is not None and self._record is not None
+            ttl, cap = self.lifetime.ttl_at(self._record.age), self.lifetime.cap
+            if not store.touch(self._id, ttl, cap=cap, **self._client()):
+                return self._lost("was ended or revoked by another request")
+        elif write is Write.END:
+            assert self._id is not None
+            store.end(self._id)
+            self._hold(None, None, Stage.ENDED)
+        return Outcome(plan.cookie, self._id, plan.stands)
 
-    def _write(self, request: Request | None, payload: str, renew: bool) -> bool:
-        """Write ``payload`` over the loaded row (with a new id if ``renew``),
-        merging this request's changes into a concurrent write if there was
-        one (:func:`~pyramid_pgstore.merge.write_merging`). False if the row is gone."""
-        assert self._loaded is not None
-
-        def write(base: SessionRecord, data: dict[str, Any], payload: str, version: str | None) -> bool:
-            return self._write_once(request, base, data, payload, renew, version)
-
-        def reload() -> SessionRecord | None:
-            return self.store.load(self._id)  # type: ignore[arg-type]
-
-        return write_merging(self.store, self._loaded, self, payload, write, reload)
-
-    def _write_once(
-        self,
-        request: Request | None,
-        base: SessionRecord,
-        data: dict[str, Any],
-        payload: str,
-        renew: bool,
-        version: str | None,
-    ) -> bool:
-        """One try of :meth:`_write`; on success the written row is the loaded one."""
-        assert self._id is not None
-        if (kept := self._without_foreign_csrf_token(data)) is not data:
-            data, payload = kept, encode(self.store.serializer, kept)
-        row: dict[str, Any] = {"userid": self._owner_of(data), "version": version, **self._client(request)}
-        written: str | None = None  # a replace returns no version: a second write writes over
-        if renew:
-            new_id = new_session_id()
-            written = self.store.renew(self._id, new_id, payload, self._lifetime.ttl_at(0), **row)
-            if written is None:
-                return False
-            self._id = new_id
-            # The new row starts its life now: a later write this request caps from here.
-            base = dataclasses.replace(base, key=storage_key(new_id), created_on=base.loaded_at)
-        else:
-            ttl, keep_expiry = self._lifetime.ttl_at(base.age), not self._refresh
-            row["cap"] = self._lifetime.cap
-            if not self.store.replace_serialized(self._id, payload, ttl, keep_expiry=keep_expiry, **row):
-                return False
-        self._loaded = dataclasses.replace(base, payload=payload, version=written, data=dict(data))
+    def _write(self, store: PGStore, draft: Draft, renew: bool, refresh: bool) -> bool:
+        """Write this session over the row it holds (with a new id if
+        ``renew``), merging with a concurrent write; False if the row is gone."""
+        record = self._record
+        assert self._id is not None and record is not None
+        new_id = new_session_id() if renew else None
+        ttl = self.lifetime.ttl_at(0 if renew else record.age)
+        keep_expiry = not (renew or refresh)
+        written = store.write(
+            self._id, draft, record, ttl, cap=self.lifetime.cap, keep_expiry=keep_expiry, new_id=new_id
+        )
+        if written is None:
+            return False
+        if written.data != self:  # others' changes came in with the merge
+            dict.clear(self)
+            dict.update(self, written.data)
+        self._hold(new_id or self._id, written, Stage.RENEWED if renew else self.stage)
+        self._renew_asked = False
         return True
 
-    def _client(self, request: Request | None) -> dict[str, str | None]:
-        return client_fields(request if self.options.track_client else None)
+    def draft(self) -> Draft:
+        """The session as it would be written now (encoded; no database work)."""
+        # After a change of user, the CSRF token is this request's to decide:
+        # one another request on the pre-login id made is not merged in.
+        claim = (CSRF_KEY,) if self.owner != self._read_owner else ()
+        return self.store.draft(self, owner_key=self.options.userid_key, claim=claim, **self._client())
 
-    def _lost(self, why: str) -> None:
-        """The session this request held has gone: from now on it owns none."""
+    def _client(self) -> dict[str, str | None]:
+        return client_fields(self.request if self.options.track_client else None)
+
+    def _hold(self, session_id: str | None, record: SessionRecord | None, stage: Stage) -> None:
+        self._id, self._record, self.stage = session_id, record, stage
+
+    def _lost(self, why: str) -> Outcome:
+        """The session this request held has gone: from now on it holds none."""
         key = (self.storage_key or "")[:12]
         log.debug("session %s… %s: its changes are dropped, its cookie left alone", key, why)
-        self._id = None
-        self._loaded = None
-        self._superseded = True
+        self._hold(None, None, Stage.LOST)
+        return Outcome(Cookie.KEEP)
+
+    def _finish_late(self, request: Request, response: Response) -> None:
+        """:meth:`finish` as a response callback (no session tween: a factory
+        set in code). pyramid_tm's transaction is over by then, so the write
+        is made as with ``transaction = none``, on the store's own connections."""
+        if self.progress is Progress.DUE:
+            self._transaction = None
+            self.send(self.finish(request), response)
 
 
 def session_tween_factory(
@@ -390,7 +445,7 @@ def session_tween_factory(
     def finish_session(request: Request) -> Response:
         response = handler(request)
         session = request.__dict__.get("session")  # only if the view used it
-        if isinstance(session, PGStoreSession) and session._finishing and not session._finished:
+        if isinstance(session, PGStoreSession) and session.progress is Progress.DUE:
             try:
                 tm.finish(session, request, response, session.options.transaction)
             except Exception:

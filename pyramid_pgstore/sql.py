@@ -77,9 +77,10 @@ def _just_ended(now: str, row: str = "") -> str:
 class Statements:
     """The SQL text for one table, built once.
 
-    ``now`` is the database clock: plain ``now()`` in production, and
-    ``SHIFTED_NOW`` (now plus the test clock's offset) only while a test has
-    moved the clock, so production statements carry no test-only arithmetic.
+    ``now`` is the database clock: plain ``now()`` in production, and now
+    plus an offset written into the text (:meth:`shifted`) only in a store
+    whose clock a test has moved, so production statements carry no
+    test-only arithmetic and take no test-only parameter.
     By default every statement is sent as text, so PostgreSQL parses and
     plans it on each execution (server-side prepared statements do not
     survive PgBouncer's transaction mode; ``prepare=True`` makes the
@@ -106,8 +107,6 @@ class Statements:
     empty ``data`` that has expired at the moment it ended; cleanup leaves
     it for :data:`ENDED_GRACE`.
     """
-
-    SHIFTED_NOW = "(now() + %(offset)s * interval '1 second')"
 
     def __init__(
         self,
@@ -252,9 +251,10 @@ class Statements:
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
 
-    def shifted(self) -> Statements:
-        """The same statements on the test clock (:data:`SHIFTED_NOW`), as text."""
-        return Statements(*self._settings, now=self.SHIFTED_NOW)
+    def shifted(self, offset: float) -> Statements:
+        """The same statements with "now" ``offset`` seconds later (a test's
+        clock), as text whatever ``prepare`` says."""
+        return Statements(*self._settings, now=f"(now() + interval '{float(offset):.6f} seconds')")
 
     def _statement(self, kind: str, prefix: str, body: str) -> Statement:
         """A per-request statement: text, or prepared (see _prepared)."""

@@ -6,32 +6,41 @@ statement on a connection adds its ``PREPARE``). The SQL is in
 :mod:`pyramid_pgstore.sql`, the table's layout in :mod:`pyramid_pgstore.schema`,
 and how a statement is run (autocommit, retried once on a broken connection)
 in :mod:`pyramid_pgstore.executor`.
+
+What a session needs of the store is six methods, each one statement in the
+common case: :meth:`~PGStore.lookup` a session by its id;
+:meth:`~PGStore.create` a new one; :meth:`~PGStore.write` a session a request
+read (merging with a concurrent write, or under a new id); :meth:`~PGStore.touch`
+its expiry; :meth:`~PGStore.end` it; and :meth:`~PGStore.delete_expired` rows.
+The store encodes the data (:meth:`~PGStore.draft`), checks its size and
+merges; the session decides which to call (:mod:`pyramid_pgstore.lifecycle`).
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from psycopg2.pool import AbstractConnectionPool
 
 from . import schema, testing
-from .cleanup import CleanupHandle
+from .cleanup import DEFAULT_BATCH_SIZE, Cleaner, CleanupHandle, run_cleanup
 from .dsn import connect_kwargs
-from .executor import Executor, TransactionExecutor, nothing, one, rowcount, rows
-from .expired import ExpiredRows
+from .executor import Executor, Runner, TransactionExecutor, nothing, one, rowcount, rows, scalar
+from .merge import write_merging
 from .options import StoreOptions
 from .pool import BorrowedPool, Checkout, OwnedPool
-from .records import Lookup, SessionInfo, SessionRecord, storage_key, userid_column, userid_from_column
-from .serializer import JSONSerializer, Serializer, deserialize, serialize
+from .records import Draft, Lookup, SessionInfo, SessionRecord, storage_key, userid_column, userid_from_column
+from .serializer import JSONSerializer, Serializer, check, deserialize, encode, serialize
 from .sql import ENDED_GRACE_SECONDS, Statement, Statements, interval
 
 log = logging.getLogger("pyramid_pgstore")
 
 
-class PGStore(ExpiredRows):
+class PGStore:
     """Sessions in a PostgreSQL table, reached through a psycopg2 pool.
 
     ``PGStore(dsn, ...)`` owns a ``ThreadedConnectionPool`` (built lazily in
@@ -52,6 +61,8 @@ class PGStore(ExpiredRows):
 
     dsn: str | None
     options: StoreOptions
+    #: Seconds added to the database's clock (0 but in tests: see :meth:`set_clock_offset`).
+    clock_offset: float = 0.0
 
     def __init__(self, dsn: str, *, options: StoreOptions | None = None, **overrides: Any) -> None:
         options = StoreOptions.build(options, overrides)
@@ -93,50 +104,58 @@ class PGStore(ExpiredRows):
         return store
 
     def _open(self, checkout: Checkout, options: StoreOptions) -> None:
-        self.options = options
-        self.table = options.table
-        self.max_length = options.max_length
-        self.serializer: Serializer = options.serializer or JSONSerializer()
-        self._plain_sql = Statements(
+        executor = Executor(checkout, options.table, options.failover_wait, options.commit_timeout)
+        statements = Statements(
             options.table,
             options.synchronous_commit,
             options.statement_timeout,
             prepare=options.prepare_statements,
         )
-        self._shifted: Statements | None = None  # built when a test first moves the clock
-        self._transaction_sql: Statements | None = None  # built for the first in_transaction()
-        self._checkout = checkout
-        self._executor = Executor(checkout, options.table, options.failover_wait, options.commit_timeout)
+        self._configure(options, executor, statements)
+        self._checkout: Checkout | None = checkout
         self._cleanups: list[CleanupHandle] = []
         self._table_checked = False
+        self._transaction_sql: Statements | None = None  # built for the first in_transaction()
         testing.track_store(self)
         if options.create_table:
             self.prepare_table()
         if options.cleanup_interval:
             self.cleanup(options.cleanup_interval)
 
+    def _configure(self, options: StoreOptions, executor: Runner, statements: Statements) -> None:
+        self.options = options
+        self.table = options.table
+        self.max_length = options.max_length
+        self.serializer: Serializer = options.serializer or JSONSerializer()
+        self._executor = executor
+        self._plain_sql = self._sql = statements
+
     def in_transaction(self, conn: Any, after: Any = None) -> PGStore:
-        """This store's operations on ``conn``, inside the transaction its
-        owner holds open (``pgstore.transaction = shared``): no ``SET
-        LOCAL`` of its own (it would outlive the statement), no prepared
-        statements, no retry. ``after()`` runs after each statement."""
-        if self._transaction_sql is None:  # once: shared mode binds a copy per request
+        """A store running this store's statements on ``conn``, inside the
+        transaction its owner holds open (``pgstore.transaction = shared``):
+        no ``SET LOCAL`` of its own (it would outlive the statement), no
+        prepared statements, no retry, no pool. ``after()`` runs after each
+        statement. Cheap: the statements are built once per store."""
+        if self._transaction_sql is None:
             self._transaction_sql = Statements(self.table)
-        bound = copy.copy(self)
-        bound._plain_sql, bound._shifted = self._transaction_sql, None
-        bound._executor = TransactionExecutor(conn, self.table, after)  # type: ignore[assignment]
-        bound._table_checked = True
+        bound = PGStore.__new__(PGStore)
+        bound.dsn = None
+        bound._configure(self.options, TransactionExecutor(conn, self.table, after), self._transaction_sql)
+        bound._checkout, bound._cleanups, bound._table_checked = None, [], True
+        bound._transaction_sql = self._transaction_sql
+        if self.clock_offset:
+            bound.set_clock_offset(self.clock_offset)
         return bound
 
-    # -- statements and the table ---------------------------------------------
+    def set_clock_offset(self, seconds: float) -> None:
+        """Compute "now" as the database's clock plus ``seconds`` from now on
+        (a test hook: :func:`pyramid_pgstore.testing.advance_clock` calls it).
+        The statements are rebuilt, as text, with the offset written in; 0
+        brings back the production statements. Not for use while serving."""
+        self.clock_offset = float(seconds)
+        self._sql = self._plain_sql if not seconds else self._plain_sql.shifted(seconds)
 
-    @property
-    def _sql(self) -> Statements:
-        if not testing.clock.offset:
-            return self._plain_sql
-        if self._shifted is None:  # while a test moves the clock: text statements, whatever the setting
-            self._shifted = self._plain_sql.shifted()
-        return self._shifted
+    # -- statements and the table ---------------------------------------------
 
     def _run(self, sql: Statement, params: dict[str, Any], result: Any, *, watched: bool = True) -> Any:
         if not self._table_checked:
@@ -158,15 +177,7 @@ class PGStore(ExpiredRows):
         schema.check(self._executor, self.table, self._sql.quoted_table)
         self._table_checked = True
 
-    # -- one session ----------------------------------------------------------
-
-    def serialize(self, data: Mapping[str, Any]) -> str:
-        """Serialize session data, enforcing ``max_length``; no database work.
-
-        :raises SessionTooLarge: the result is over ``max_length`` bytes.
-        :raises TypeError: a value cannot be stored as it is; the message names its key.
-        """
-        return serialize(self.serializer, data, self.max_length)
+    # -- one session: what the session factory uses ---------------------------
 
     def lookup(self, session_id: str) -> Lookup:
         """The live session stored for ``session_id``, or whether it ended a
@@ -192,108 +203,120 @@ class PGStore(ExpiredRows):
         record = SessionRecord(key, data, created_on, modified_on, expires_on, loaded_at, payload, version)
         return Lookup(record)
 
-    def load(self, session_id: str) -> SessionRecord | None:
-        """The live session stored for ``session_id``, or None."""
-        return self.lookup(session_id).record
+    def draft(
+        self,
+        data: Mapping[str, Any],
+        *,
+        owner_key: str = "auth.userid",
+        ip: str | None = None,
+        user_agent: str | None = None,
+        claim: Collection[str] = (),
+    ) -> Draft:
+        """``data`` as this store would write it, for :meth:`create` and
+        :meth:`write`: encoded, and what the row records beside it (the user
+        under ``owner_key``, the client). No database work, no size check
+        (writing does that).
 
-    def save(self, session_id: str, data: Mapping[str, Any], ttl: float | None, **row: Any) -> None:
-        """Insert or replace the session, live for ``ttl`` seconds (None: forever).
-
-        :param row: ``userid``, ``ip``, ``user_agent`` for the row (None if omitted).
-        :raises SessionTooLarge: before any database work; the stored copy is untouched.
+        :raises TypeError: a value cannot be stored as it is; the message names its key.
         """
-        self.save_serialized(session_id, self.serialize(data), ttl, **row)
+        return Draft(data, encode(self.serializer, data), owner_key, ip, user_agent, frozenset(claim))
 
-    def save_serialized(self, session_id: str, payload: str, ttl: float | None, **row: Any) -> None:
-        """:meth:`save` for a payload already made by :meth:`serialize`."""
-        self._write(self._sql.save, ttl, {"key": storage_key(session_id), "data": payload}, row, nothing)
-
-    def replace_serialized(
+    def create(
         self,
         session_id: str,
-        payload: str,
+        draft: Draft,
         ttl: float | None,
         *,
-        version: str | None = None,
-        keep_expiry: bool = False,
+        replacing: str | None = None,
         cap: float | None = None,
-        **row: Any,
     ) -> bool:
-        """Replace the data of a live session; returns False, writing
-        nothing, when it is gone (ended, deleted or expired) or, if
-        ``version`` is given, when it was written since that version was read.
+        """Store a new session ``session_id`` holding ``draft``, live for
+        ``ttl`` seconds (None: forever). One statement.
 
-        What the session factory uses for a session it loaded, so that a
-        request that started before a logout cannot bring the session back.
-        ``keep_expiry`` leaves the expiry as it is (``ttl`` is then unused):
-        a cheaper write, as the row's indexes need no new entry. The new
-        expiry is never past ``cap`` seconds after the session's creation.
+        ``replacing``: the id a browser's cookie named, whose session is dead
+        (expired, deleted, or more than ``cap`` seconds old): its row is
+        ended in the same statement, and nothing is stored, returning False,
+        when another request already did so from the same dead id, so that
+        only one of them ever sets a cookie.
+
+        :raises SessionTooLarge: before any database work.
         """
-        params = {"key": storage_key(session_id), "data": payload, "version": version, "cap": interval(cap)}
-        family = (self._sql.replace_data,) * 2 if keep_expiry else self._sql.replace
-        return self._write(family, ttl, params, row, rowcount) > 0
+        check(self.serializer, draft.data, draft.payload, self.max_length)
+        params = self._row({"key": storage_key(session_id), "data": draft.payload}, ttl, draft)
+        if replacing is None:
+            self._run(self._statement(self._sql.save, ttl), params, nothing)
+            return True
+        params.update(old_key=storage_key(replacing), cap=interval(cap))
+        if self._run(self._statement(self._sql.succeed, ttl), params, rowcount) > 0:
+            return True
+        return self._done_before(session_id, draft.payload) is not None
+
+    def write(
+        self,
+        session_id: str,
+        draft: Draft,
+        read: SessionRecord,
+        ttl: float | None,
+        *,
+        cap: float | None = None,
+        keep_expiry: bool = False,
+        new_id: str | None = None,
+    ) -> SessionRecord | None:
+        """Write ``draft`` over the live session ``session_id``, which the
+        caller read as ``read``; return the row as written, or None, writing
+        nothing, when the session is gone (ended, deleted or expired): a
+        request that started before a logout cannot bring the session back.
+
+        One statement when nobody wrote the row since ``read``; otherwise the
+        draft's changes are merged into the row as it is now (one more read and
+        write per conflict, :mod:`pyramid_pgstore.merge`), so changes to
+        different keys by concurrent requests both survive.
+
+        :param ttl: the new lifetime in seconds (None: forever), never past
+            ``cap`` seconds after the session's creation (None: no cap).
+        :param keep_expiry: leave the expiry as it is (``ttl`` unused): a
+            cheaper write, as the row's indexes need no new entry.
+        :param new_id: move the session to this id in the same statement: the
+            old id is dead when it returns, and the new row starts its life now
+            (its ``max_lifetime`` counts from here).
+        :raises SessionTooLarge: before any write; the stored copy is untouched.
+        """
+
+        key = storage_key(session_id)
+
+        def write_once(base: SessionRecord, attempt: Draft, version: str | None) -> SessionRecord | None:
+            params = self._row({"key": key, "data": attempt.payload, "version": version}, ttl, attempt)
+            if new_id is None:
+                params["cap"] = interval(cap)
+                statement = self._sql.replace_data if keep_expiry else self._statement(self._sql.replace, ttl)
+                if self._run(statement, params, rowcount) == 0:
+                    return None
+                written = None  # an UPDATE returns no version: a second write this request writes over
+            else:
+                params["new_key"] = storage_key(new_id)
+                found = self._run(self._statement(self._sql.renew, ttl), params, one)
+                written = found[0] if found is not None else self._done_before(new_id, attempt.payload)
+                if written is None:
+                    return None
+                base = dataclasses.replace(base, key=params["new_key"], created_on=base.loaded_at)
+            return dataclasses.replace(
+                base, data=dict(attempt.data), payload=attempt.payload, version=written
+            )
+
+        return write_merging(self, read, draft, write_once, lambda: self.load(session_id))
 
     def touch(self, session_id: str, ttl: float | None, *, cap: float | None = None, **row: Any) -> bool:
         """Move the expiry to ``ttl`` seconds from now (never past ``cap``
-        seconds after the session's creation); data is untouched.
+        seconds after the session's creation); data is untouched. ``row``:
+        ``ip`` and ``user_agent`` to record (None if omitted).
 
         Returns False when there is no live session to refresh.
         """
-        params = {"key": storage_key(session_id), "cap": interval(cap)}
-        return self._write(self._sql.touch, ttl, params, row, rowcount) > 0
-
-    def renew(
-        self,
-        session_id: str,
-        new_id: str,
-        payload: str,
-        ttl: float | None,
-        *,
-        version: str | None = None,
-        **row: Any,
-    ) -> str | None:
-        """Move a live session to ``new_id`` with ``payload``, in one
-        statement: the old id is dead when it returns. Returns the new row's
-        version, or None (nothing done) if the session is gone or, with
-        ``version``, was written since that version was read.
-
-        ``created_on`` starts again: a new id is a new session, as far as
-        ``max_lifetime`` is concerned.
-        """
-        params: dict[str, Any] = {"key": storage_key(session_id), "new_key": storage_key(new_id)}
-        params.update(data=payload, version=version)
-        found = self._write(self._sql.renew, ttl, params, row, one)
-        if found is None:
-            return self._done_before(new_id, payload)
-        return found[0]
-
-    def succeed(
-        self,
-        dead_id: str,
-        session_id: str,
-        payload: str,
-        ttl: float | None,
-        *,
-        cap: float | None = None,
-        **row: Any,
-    ) -> bool:
-        """Save a new session for a browser whose cookie named ``dead_id``,
-        a session that expired or is gone (or is over ``cap`` seconds old),
-        and end ``dead_id``'s row. Returns False, saving nothing, when
-        another request already did so from the same ``dead_id``: then only
-        one of them ever sets a cookie.
-        """
-        params: dict[str, Any] = {"old_key": storage_key(dead_id), "key": storage_key(session_id)}
-        params.update(data=payload, cap=interval(cap))
-        made = self._write(self._sql.succeed, ttl, params, row, rowcount) > 0
-        return made or self._done_before(session_id, payload) is not None
-
-    def _done_before(self, session_id: str, payload: str) -> str | None:
-        """The version of a row ``session_id`` holding ``payload``, if one is
-        there: a statement sent again after its connection was lost may have
-        been done the first time, which the second then finds."""
-        record = self.load(session_id)
-        return record.version if record is not None and record.payload == payload else None
+        params = {"key": storage_key(session_id), "cap": interval(cap), "ttl": interval(ttl)}
+        params.update(ip=row.pop("ip", None), ua=row.pop("user_agent", None))
+        if row:
+            raise TypeError(f"unknown row fields: {', '.join(sorted(row))}")
+        return self._run(self._statement(self._sql.touch, ttl), params, rowcount) > 0
 
     def end(self, session_id: str, *, version: str | None = None) -> bool:
         """End the session now (``invalidate()``): its row keeps no data and
@@ -302,19 +325,63 @@ class PGStore(ExpiredRows):
         ``version``: one not written since that version was read)."""
         return self._run(self._sql.end, {"key": storage_key(session_id), "version": version}, rowcount) > 0
 
+    def _done_before(self, session_id: str, payload: str) -> str | None:
+        """The version of a row ``session_id`` holding ``payload``, if one is
+        there: a statement sent again after its connection was lost may have
+        been done the first time, which the second then finds. One statement;
+        run only when a write changed nothing."""
+        record = self.load(session_id)
+        return record.version if record is not None and record.payload == payload else None
+
+    def _row(self, params: dict[str, Any], ttl: float | None, draft: Draft) -> dict[str, Any]:
+        params.update(userid=userid_column(draft.userid), ip=draft.ip, ua=draft.user_agent, ttl=interval(ttl))
+        return params
+
+    @staticmethod
+    def _statement(family: tuple[Statement, Statement], ttl: float | None) -> Statement:
+        """A write family's statement: with a lifetime, or forever."""
+        return family[0] if ttl is not None else family[1]
+
+    # -- one session: for scripts, tests and apps -----------------------------
+
+    def serialize(self, data: Mapping[str, Any]) -> str:
+        """Serialize session data, enforcing ``max_length``; no database work.
+
+        :raises SessionTooLarge: the result is over ``max_length`` bytes.
+        :raises TypeError: a value cannot be stored as it is; the message names its key.
+        """
+        return serialize(self.serializer, data, self.max_length)
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        """The live session stored for ``session_id``, or None."""
+        return self.lookup(session_id).record
+
+    def save(
+        self,
+        session_id: str,
+        data: Mapping[str, Any],
+        ttl: float | None,
+        *,
+        userid: Any = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> None:
+        """Insert or replace the session, live for ``ttl`` seconds (None:
+        forever), owned by ``userid`` (compared as text), recording the client.
+
+        :raises SessionTooLarge: before any database work; the stored copy is untouched.
+        """
+        params = {
+            "key": storage_key(session_id),
+            "data": self.serialize(data),
+            "userid": userid_column(userid),
+        }
+        params.update(ip=ip, ua=user_agent, ttl=interval(ttl))
+        self._run(self._statement(self._sql.save, ttl), params, nothing)
+
     def delete(self, session_id: str) -> bool:
         """Delete the session's row; returns whether a row was there."""
         return self._run(self._sql.delete, {"key": storage_key(session_id)}, rowcount) > 0
-
-    def _write(
-        self, family: tuple[Statement, ...], ttl: float | None, params: dict, row: Any, result: Any
-    ) -> Any:
-        unknown = set(row) - {"userid", "ip", "user_agent"}
-        if unknown:
-            raise TypeError(f"unknown row fields: {', '.join(sorted(unknown))}")
-        userid = userid_column(row.get("userid"))
-        params.update(userid=userid, ip=row.get("ip"), ua=row.get("user_agent"), ttl=interval(ttl))
-        return self._run(family[0] if ttl is not None else family[1], params, result)
 
     # -- a user's sessions ----------------------------------------------------
 
@@ -337,13 +404,84 @@ class PGStore(ExpiredRows):
         params = {"userid": userid_column(userid), "key": handle}
         return self._run(self._sql.delete_session_of, params, rowcount) > 0
 
+    # -- expired rows (Go's DeleteExpired, Cleanup, RunCleanup) ---------------
+
+    def delete_expired(self, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        """Delete expired sessions and return how many went (Go's DeleteExpired).
+
+        Works in batches of ``batch_size`` rows, one statement (and one short
+        transaction) each, until a batch comes back short.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        total = 0
+        while True:
+            deleted = self.delete_expired_batch(batch_size)
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    def delete_expired_batch(self, limit: int) -> int:
+        """Delete up to ``limit`` expired rows in one short transaction,
+        skipping rows a request is writing; return how many went."""
+        return self._run(self._sql.delete_expired_batch, {"limit": limit}, rowcount)
+
+    def cleanup_lock(self, wait: bool = False, stop: threading.Event | None = None) -> Any:
+        """Hold the table's cleanup lock for a ``with`` block, which gets
+        whether it was taken.
+
+        One cleaner per table at a time, across processes: a transaction-level
+        advisory lock in a transaction held open on a connection of its own
+        (so it works through PgBouncer in transaction mode too).
+
+        :param wait: poll until the lock is free (or ``stop`` is set) instead
+            of yielding False at once.
+        """
+        sql = self._sql
+        lock = (sql.cleanup_lock_setup, sql.try_cleanup_lock, {"table": sql.quoted_table})
+        return self._own_executor().hold_lock(*lock, wait=wait, stop=stop)
+
+    def count_expired(self) -> int:
+        """How many expired rows are waiting for cleanup (a full count)."""
+        return self._run(self._sql.count_expired, {}, scalar, watched=False)  # a scan: no commit_timeout
+
+    def table_stats(self) -> dict[str, int]:
+        """Live and expired row counts, table and index sizes in bytes."""
+        live, expired, table_bytes, index_bytes = self._run(
+            self._sql.table_stats, {"table": self._sql.quoted_table}, one, watched=False
+        )
+        return {"live": live, "expired": expired, "table_bytes": table_bytes, "index_bytes": index_bytes}
+
+    def run_cleanup(self, interval: float, stop_event: threading.Event) -> Iterator[int | Exception]:
+        """Every ``interval`` seconds, delete expired sessions (Go's RunCleanup).
+
+        Yields, for each run, the number deleted or the exception that run
+        hit, until ``stop_event`` is set. Runs are batched and locked (see
+        :mod:`pyramid_pgstore.cleanup`); waits are ``interval`` ± 10 %.
+        """
+        return run_cleanup(Cleaner(self), interval, stop_event)
+
+    def cleanup(self, interval: float) -> CleanupHandle:
+        """Start a daemon thread running :meth:`run_cleanup` (Go's Cleanup).
+
+        Each run's error is logged and the thread goes on. :meth:`close` stops it.
+        """
+        handle = CleanupHandle(Cleaner(self), interval)
+        self._cleanups.append(handle)
+        return handle
+
     # -- lifecycle ------------------------------------------------------------
+
+    def _own_executor(self) -> Executor:
+        if not isinstance(self._executor, Executor):
+            raise TypeError("a store bound to a transaction (in_transaction) has no connections of its own")
+        return self._executor
 
     def stats(self) -> dict[str, int | None]:
         """Counters since construction: statements run (round trips),
         connections opened (None for a borrowed pool), checkouts that had to
         wait, waits that timed out, broken connections discarded."""
-        checkout = self._checkout
+        checkout = self._own_executor().checkout
         return {
             "queries": self._executor.queries,
             "connections_opened": checkout.opened,
@@ -356,7 +494,8 @@ class PGStore(ExpiredRows):
         """Stop background cleanups; close the pool if the store owns it."""
         for handle in self._cleanups:
             handle.stop()
-        self._checkout.close()
+        if self._checkout is not None:
+            self._checkout.close()
 
     def __enter__(self) -> PGStore:
         return self

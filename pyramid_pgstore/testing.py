@@ -1,14 +1,19 @@
-"""Hooks for tests: a clock to move, and the stores a process has built.
+"""Hooks for tests: the stores a process has built, and a clock to move for them.
 
-``pytest_pgstore`` uses these; an app's own test helpers may too. Nothing
-else in production sets them.
+``pytest_pgstore`` uses these; an app's own test helpers may too. A store
+touches this module once, when it is built, and never while serving a request.
 
-* The store's notion of "now" is the database clock plus :func:`clock_offset`
-  seconds (0 outside tests). Every timestamp the store writes or compares is
-  computed by PostgreSQL, so all app servers agree on expiry whatever their
-  own clocks say; the offset lets a test expire sessions without sleeping.
-* Every store registers itself, so a test fixture can close the stores an
-  app built on the test's database and never closed (:func:`close_stores`).
+* Every store registers itself when built (weakly referenced), so that a test
+  fixture can close the stores an app built on the test's database and never
+  closed (:func:`close_stores`).
+* Every timestamp the store writes or compares is computed by PostgreSQL, so
+  all app servers agree on expiry whatever their own clocks say.
+  :func:`advance_clock` makes every store of the process compute "now" as the
+  database's clock plus an offset (:meth:`PGStore.set_clock_offset
+  <pyramid_pgstore.PGStore.set_clock_offset>`: its statements are rebuilt
+  with the offset written in, once per move), so that a test can expire
+  sessions without sleeping; a store built while the clock is moved starts
+  with the offset.
 """
 
 from __future__ import annotations
@@ -18,41 +23,46 @@ from collections.abc import Collection
 from typing import Any, Protocol
 
 
-class _Closable(Protocol):
+class _TestableStore(Protocol):
     dsn: str | None
 
     def close(self) -> None: ...
 
-
-class _Clock:
-    __slots__ = ("offset",)
-
-    def __init__(self) -> None:
-        self.offset = 0.0  # seconds added to the database's now()
+    def set_clock_offset(self, seconds: float) -> None: ...
 
 
-clock = _Clock()
 _LIVE_STORES: weakref.WeakSet[Any] = weakref.WeakSet()
+_offset = 0.0  # seconds added to the database's now() by every store of this process
+
+
+def track_store(store: _TestableStore) -> None:
+    """Called by every store when it is built: registered (weakly), and
+    given the clock's offset if a test has moved it."""
+    _LIVE_STORES.add(store)
+    if _offset:
+        store.set_clock_offset(_offset)
 
 
 def advance_clock(seconds: float) -> None:
     """Make it ``seconds`` later for every store in this process."""
-    clock.offset += seconds
+    _move_to(_offset + seconds)
 
 
 def reset_clock() -> None:
     """Back to the database's own time."""
-    clock.offset = 0.0
+    _move_to(0.0)
 
 
 def clock_offset() -> float:
     """Seconds added to the database clock so far."""
-    return clock.offset
+    return _offset
 
 
-def track_store(store: _Closable) -> None:
-    """Called by every store when it is built (weakly referenced)."""
-    _LIVE_STORES.add(store)
+def _move_to(offset: float) -> None:
+    global _offset
+    _offset = offset
+    for store in list(_LIVE_STORES):
+        store.set_clock_offset(offset)
 
 
 def close_stores(dsns: Collection[str]) -> int:

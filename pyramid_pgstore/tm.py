@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from pyramid.request import Request
 from pyramid.response import Response
 
-from .cookie import vary_on_cookie
+from .lifecycle import Cookie, Outcome
 from .store import PGStore
 
 log = logging.getLogger("pyramid_pgstore")
@@ -42,15 +42,15 @@ MODES = ("auto", "shared", "none")
 
 
 class Finishable(Protocol):
-    _finished: bool
-    _logged_out: bool
-    cookie: Any
+    """What this module needs of a session (:class:`~pyramid_pgstore.session.PGStoreSession`)."""
 
-    def _finish(self, request: Request, response: Response) -> None: ...
+    def finish(self, request: Request) -> Outcome: ...
 
-    def _finish_now(self, request: Request, response: Response) -> None: ...
+    def abandon(self, request: Request) -> Outcome: ...
 
-    def _abandon(self, response: Response) -> None: ...
+    def hand_over(self) -> None: ...
+
+    def send(self, outcome: Outcome, response: Response) -> None: ...
 
 
 def managed(request: Request) -> bool:
@@ -80,32 +80,29 @@ def shared_store(store: PGStore, request: Request, attribute: str) -> PGStore:
 
 def finish(session: Finishable, request: Request, response: Response, mode: str) -> None:
     """Finish ``session`` as ``mode`` says: now, at commit, or in the
-    transaction with the cookie set at commit."""
+    transaction with the cookie sent once it commits."""
     if mode == "none" or not managed(request):
-        session._finish(request, response)
+        session.send(session.finish(request), response)
         return
     transaction = request.tm.get()
     if mode == "auto":
-        session._finished = True  # by the commit, if there is one; not by a response callback
+        session.hand_over()  # to the commit, if there is one; not to a response callback
         transaction.join(_SessionWrite(session, request, response, request.tm))
         return
-    # shared: the statements run now, in the transaction; the cookie waits for it.
-    pending = Response()
-    session._finish(request, pending)
-    if "Cookie" in (pending.vary or ()):
-        vary_on_cookie(response)
-    cookies = pending.headers.getall("Set-Cookie")
-    if session._logged_out:  # a logout stands, and so does its deletion cookie, whatever the commit does
-        session.cookie.delete(response)
-        cookies = [cookie for cookie in cookies if cookie not in response.headers.getall("Set-Cookie")]
-    if cookies:
-        transaction.addAfterCommitHook(_set_cookies, args=(response, cookies))
+    # shared: the statements run now, in the transaction; the cookie waits for
+    # its commit, unless it stands whatever the transaction does (a logout).
+    outcome = session.finish(request)
+    if outcome.stands:
+        session.send(outcome, response)
+        return
+    if outcome.vary:
+        session.send(Outcome(Cookie.KEEP, vary=True), response)
+    transaction.addAfterCommitHook(_send_if_committed, args=(session, outcome, response))
 
 
-def _set_cookies(committed: bool, response: Response, cookies: list[str]) -> None:
+def _send_if_committed(committed: bool, session: Finishable, outcome: Outcome, response: Response) -> None:
     if committed:
-        for cookie in cookies:
-            response.headers.add("Set-Cookie", cookie)
+        session.send(outcome, response)
 
 
 class _SessionWrite:
@@ -127,14 +124,14 @@ class _SessionWrite:
         return "~~pyramid_pgstore"
 
     def tpc_vote(self, transaction: Any) -> None:
-        self.session._finish_now(self.request, self.response)
+        self.session.send(self.session.finish(self.request), self.response)
 
     def abort(self, transaction: Any) -> None:
         # Nothing was written. Say so: a view that raised, even HTTPFound, or
         # a commit veto, aborts pyramid_tm's transaction, and with it the session.
         log.info("session changes not saved: the request's transaction was aborted")
         try:
-            self.session._abandon(self.response)  # ... except a logout
+            self.session.send(self.session.abandon(self.request), self.response)  # ... but a logout
         except Exception:  # the transaction package logs and goes on; say what failed
             log.exception("could not end the session of a logout whose transaction aborted")
 

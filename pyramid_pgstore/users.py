@@ -60,7 +60,7 @@ def revoke_other_sessions(request: Request) -> int:
     session = _session(request)
     if session.owner is None:
         return 0
-    return session.store.delete_sessions_of(session.owner, keep=session._id)
+    return session.store.delete_sessions_of(session.owner, keep=session.session_id)
 
 
 def renew_session(request: Request) -> None:

@@ -3,3 +3,10 @@
 from pytest_pgstore.localdb import query as sql  # sql(dsn, query, params=None): all rows, or []
 
 __all__ = ["sql"]
+
+
+def rewrite(store, session_id, data, ttl, read=None):
+    """Write ``data`` over a session as a request that read it would (``read``:
+    the record it read; by default read now); whether it was written."""
+    read = read or store.load(session_id)
+    return store.write(session_id, store.draft(data), read, ttl) is not None

@@ -127,9 +127,3 @@ def test_the_plugin_uses_only_public_names_of_the_product():
             dotted = f"{module}.{imported}" if imported else module
             private = [part for part in dotted.split(".") if part.startswith("_")]
             assert not private, f"{name} uses the private {dotted}"
-
-
-def test_no_product_module_is_over_400_lines():
-    for name, path in modules("pyramid_pgstore").items():
-        lines = len(path.read_text(encoding="utf-8").splitlines())
-        assert lines <= 400, f"{name} has {lines} lines"

@@ -4,7 +4,7 @@ import psycopg2.extensions
 import psycopg2.pool
 import pytest
 import webtest
-from db import sql
+from db import rewrite, sql
 from psycopg2.extensions import make_dsn
 from pyramid.config import Configurator
 
@@ -33,13 +33,16 @@ def test_every_operation_behaves_as_with_text_statements(pgstore_dsn, pgstore_cl
     with PGStore(pgstore_dsn, prepare_statements=True) as store:
         store.save("id-1", {"n": 1}, 60)
         assert store.load("id-1").data == {"n": 1}
-        assert store.replace_serialized("id-1", '{"n":2}', 60) is True
+        assert rewrite(store, "id-1", {"n": 2}, 60) is True
         assert store.touch("id-1", 60) is True
         assert store.load("id-1").data == {"n": 2}
         store.save("id-2", {"n": 1}, None)
-        assert store.replace_serialized("id-2", '{"n":2}', None) is True
+        assert rewrite(store, "id-2", {"n": 2}, None) is True
         assert store.touch("id-2", None) is True
-        assert store.replace_serialized("nobody", '{"n":1}', 60) is False
+        store.save("nobody", {"n": 0}, 60)
+        read = store.load("nobody")
+        store.delete("nobody")
+        assert rewrite(store, "nobody", {"n": 1}, 60, read) is False
         assert store.delete("id-1") is True
         assert store.load("id-1") is None
         sql(
@@ -77,7 +80,7 @@ def test_statements_deallocated_behind_its_back_are_prepared_again(one_connectio
     conn.commit()
     one_connection.putconn(conn)
     assert store.load("id-1").data == {"n": 1}
-    assert store.replace_serialized("id-1", '{"n":2}', 60) is True
+    assert rewrite(store, "id-1", {"n": 2}, 60) is True
     assert store.load("id-1").data == {"n": 2}
 
 

@@ -6,7 +6,7 @@ import time
 
 import psycopg2
 import pytest
-from db import sql
+from db import rewrite, sql
 from psycopg2.extensions import make_dsn
 
 from pyramid_pgstore import PGStore, PGStoreError, SchemaOutdated, SessionTooLarge, StoreUnavailable
@@ -60,16 +60,17 @@ def test_a_row_expired_by_the_real_clock_is_neither_loaded_nor_written(pgstore_s
     # The production statements (no test clock): liveness is checked on the
     # timestamps read by load, and by an expression in the UPDATEs' WHERE.
     pgstore_store.save("id-1", {"n": 1}, 60)
+    read = pgstore_store.load("id-1")  # by a request, before the row expired
     sql(pgstore_dsn, "UPDATE http_sessions SET expires_on = now() - interval '1 ms'")
     assert pgstore_store.load("id-1") is None
-    assert pgstore_store.replace_serialized("id-1", '{"n":2}', 60) is False
+    assert rewrite(pgstore_store, "id-1", {"n": 2}, 60, read) is False
     assert pgstore_store.touch("id-1", 60) is False
     assert sql(pgstore_dsn, "SELECT data FROM http_sessions") == [('{"n":1}',)]
 
 
 def test_a_fractional_ttl_is_kept_to_the_microsecond(pgstore_store, pgstore_dsn):
     pgstore_store.save("id-1", {"n": 1}, 0.25)
-    pgstore_store.replace_serialized("id-1", '{"n":2}', 1.5)
+    assert rewrite(pgstore_store, "id-1", {"n": 2}, 1.5)
     lifetime = "SELECT extract(epoch FROM expires_on - modified_on) FROM http_sessions"
     assert float(sql(pgstore_dsn, lifetime)[0][0]) == 1.5
     time.sleep(1.6)
@@ -105,7 +106,7 @@ def test_ttl_none_never_expires(pgstore_store, pgstore_clock):
 
 def test_replace_and_touch_with_ttl_none_make_a_session_forever(pgstore_store, pgstore_clock, pgstore_dsn):
     pgstore_store.save("id-1", {"n": 1}, 60)
-    assert pgstore_store.replace_serialized("id-1", '{"n":2}', None) is True
+    assert rewrite(pgstore_store, "id-1", {"n": 2}, None) is True
     assert sql(pgstore_dsn, "SELECT expires_on = 'infinity' FROM http_sessions") == [(True,)]
     pgstore_store.save("id-2", {"n": 1}, 60)
     assert pgstore_store.touch("id-2", None) is True
@@ -522,13 +523,17 @@ def test_synchronous_commit_off_applies_to_the_write_only(app_pool, pgstore_dsn)
 
 
 def test_replace_writes_only_a_live_session(pgstore_store, pgstore_clock):
-    assert pgstore_store.replace_serialized("nobody", '{"n":1}', 60) is False
+    pgstore_store.save("nobody", {"n": 0}, 60)
+    read = pgstore_store.load("nobody")
+    pgstore_store.delete("nobody")
+    assert rewrite(pgstore_store, "nobody", {"n": 1}, 60, read) is False
     assert pgstore_store.load("nobody") is None
     pgstore_store.save("id-1", {"n": 1}, 10)
-    assert pgstore_store.replace_serialized("id-1", '{"n":2}', 10) is True
+    assert rewrite(pgstore_store, "id-1", {"n": 2}, 10) is True
     assert pgstore_store.load("id-1").data == {"n": 2}
+    read = pgstore_store.load("id-1")
     pgstore_clock.advance(11)
-    assert pgstore_store.replace_serialized("id-1", '{"n":3}', 10) is False
+    assert rewrite(pgstore_store, "id-1", {"n": 3}, 10, read) is False
     assert pgstore_store.load("id-1") is None
 
 
