@@ -118,6 +118,53 @@ def test_a_suite_that_does_not_use_the_fixtures_starts_no_server(pytester):
     result.assert_outcomes(passed=1)
 
 
+def test_a_suite_that_does_not_use_the_fixtures_imports_nothing_of_the_server_or_the_store(pytester):
+    """The plugin is loaded in every pytest run of an app that installs
+    pyramid_pgstore: until a test asks for a pgstore_ fixture it imports
+    neither the store nor its own server machinery."""
+    pytester.makepyfile(
+        test_plain="""
+import sys
+
+def test_plain():
+    loaded = sorted(
+        name for name in sys.modules
+        if name.startswith(("pyramid_pgstore", "pytest_pgstore.", "psycopg2"))
+        and name != "pytest_pgstore.plugin"
+    )
+    assert loaded == []
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_pytest_postgresql_options_configure_the_throwaway_server(pytester):
+    """--postgresql-port and --postgresql-postgres-options (pytest-postgresql's
+    own) reach the server the pgstore_ fixtures start."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pytester.makepyfile(
+        test_server=f"""
+import psycopg2
+
+def test_server(pgstore_proc, pgstore_dsn):
+    assert pgstore_proc.port == {port}
+    with psycopg2.connect(pgstore_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('work_mem'), inet_server_port()")
+        assert cur.fetchone() == ("7MB", {port})
+    conn.close()
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--postgresql-port={port}", "--postgresql-postgres-options=-c work_mem=7MB"
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_missing_postgresql_binaries_give_a_clear_error(pytester):
     pytester.makepyfile(test_needs_db="def test_db(pgstore_dsn):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgstore-pg-bindir", "/nonexistent")
