@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .server import GivenServer, ThrowawayServer
     from .sessions import TestSessions
 
-# -- options -------------------------------------------------------------------
+# -- options ---------------------------------------------------------------------------
 
 _OPTIONS = {
     "dsn": "DSN of an existing PostgreSQL server to use instead of starting one "
@@ -92,7 +92,7 @@ def _server_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     }
 
 
-# -- the run's server: one for the run, shared by pytest-xdist's workers -------------
+# -- the run's server: one for the run, shared by pytest-xdist's workers ---------------
 
 
 def _server_dir(config: pytest.Config) -> Path:
@@ -181,7 +181,7 @@ def pgstore_server(pgstore_proc: ThrowawayServer | GivenServer) -> Iterator[Serv
     database.drop()
 
 
-# -- per test: an emptied database, and stores on it ----------------------------------
+# -- per test: an emptied database, and stores on it -----------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -282,7 +282,7 @@ def _run_as(config: pytest.Config) -> str | None:
     return run_as_user(_option(config, "run_as"))
 
 
-# -- PgBouncer in front of the run's server ------------------------------------------
+# -- PgBouncer in front of the run's server --------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -362,7 +362,7 @@ def pgstore_pgbouncer_store(pgstore_pgbouncer_dsn: str, pgstore_dsn: str) -> Ite
     store.close()
 
 
-# -- sessions and the clock -----------------------------------------------------------
+# -- sessions and the clock ------------------------------------------------------------
 
 
 @pytest.fixture

@@ -51,7 +51,6 @@ from typing import Any
 
 from mirakuru.base import ENV_UUID
 from psycopg2.extensions import make_dsn
-from pytest_postgresql.exceptions import PostgreSQLUnsupported
 from pytest_postgresql.executors import NoopExecutor, PostgreSQLExecutor
 
 from .localdb import hand_over
@@ -89,14 +88,18 @@ class ThrowawayServer(PostgreSQLExecutor):
         server outlives the process that started it; wait until it accepts
         TCP connections. Costs an initdb (about a second) and a start.
 
-        :raises RuntimeError: pg_ctl failed, with the end of the server's log.
+        :raises RuntimeError: an older PostgreSQL, or initdb or pg_ctl failed
+            (with the end of the server's log).
         """
         if self.version < self.MIN_SUPPORTED_VERSION:
-            raise PostgreSQLUnsupported(
-                f"pytest_pgstore: PostgreSQL {self.version} found at {self.executable}; "
+            raise RuntimeError(
+                f"PostgreSQL {self.version} found at {self.executable}; "
                 f"the test server needs {self.MIN_SUPPORTED_VERSION} or later"
             )
-        self.init_directory()
+        try:
+            self.init_directory()
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"pg_ctl initdb failed (exit {exc.returncode}): {exc.output}") from exc
         env = {name: value for name, value in self.envvars.items() if name != ENV_UUID}
         done = subprocess.run(  # noqa: S603 - the executor's own command
             self.command_parts, env=env, capture_output=True, text=True, timeout=START_TIMEOUT, check=False
