@@ -176,9 +176,15 @@ class LocalPostgres:
 
     def run(self, program: str, *args: str, check: bool = True, timeout: float = 120) -> str:
         """Run one of the server programs (``pg_ctl``, ``pg_basebackup``, ...)
-        as the server's user; return what it printed."""
+        as the server's user; return what it printed.
+
+        Under root the path to the server's directory is opened again first:
+        a pytest run started meanwhile as root resets its temporary root
+        (``/tmp/pytest-of-root``) to 0700, which would lock the server's user
+        out of a cluster kept under ``tmp_path``."""
         kwargs: dict[str, Any] = {}
         if self.run_as is not None:
+            open_path_to(self.base)
             account = pwd.getpwnam(self.run_as)
             kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
         done = subprocess.run(  # noqa: S603 - our own arguments
