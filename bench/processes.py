@@ -4,7 +4,7 @@ Starts a throwaway PostgreSQL on 127.0.0.1 (pytest_pgstore.localdb's
 LocalPostgres, data in a temp dir, as an unprivileged user under root) unless
 ``--dsn`` names one, and three app processes: ``demo/api.py``,
 waitress with 4 threads and a pool of 4 each, the app the three-process test
-serves.
+serves (run it with make's ``.venv``, which can import the checkout's ``demo/``).
 It logs in 300 sessions, then drives three endpoints with the same load
 generator in both layouts, one after the other within each round:
 
