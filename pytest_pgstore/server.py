@@ -20,16 +20,15 @@ What it lacks, added here:
   the run: under xdist the controller, which outlives its workers; without
   xdist the one process.
 * **A start that does not tie the server to its starter.**
-  :meth:`ThrowawayServer.start` runs the executor's start command itself, not
-  through mirakuru (the executor's base): mirakuru kills what it started
-  when the executor object is dropped and, with SIGKILL, when the starting
-  process exits, while other workers may still be testing. Measured with
-  pytest-postgresql 10.0 and mirakuru 3.1: a process that starts the
-  executor and exits leaves no server behind (``pg_isready``: no response),
-  and so does one that only drops its executor object; in an xdist worker
-  the exit-time kill happened to fail (``KeyError: 'psutil'`` in mirakuru's
-  atexit hook during interpreter shutdown, 4 runs of 4), so a later worker
-  still found the server: a lifetime that holds by accident.
+  :meth:`ThrowawayServer.start` runs the executor's start command itself,
+  not through mirakuru (the executor's base): mirakuru kills what it started
+  (SIGKILL) when the executor object is dropped and when the starting
+  process exits. Measured with pytest-postgresql 10.0 and mirakuru 3.1: a
+  process that starts the executor and exits leaves no server behind, one
+  that drops the executor object loses it at once, and under xdist, with the
+  executor held by the starting worker's session fixture, the other
+  worker's next connection a second after that worker's session ended was
+  refused in 4 runs of 6.
 
 Nothing here is imported until a test asks for a ``pgstore_`` fixture.
 """
