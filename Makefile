@@ -25,6 +25,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	.ci/need-postgres pgbouncer
 	.ci/need-browser
+	.ci/need-patroni
 	$(BIN)/pytest -n 2
 
 # make bench: the session backends side by side (bench/README.rst); about 12

@@ -39,6 +39,12 @@ dev_extras = [
     *sqlalchemy_extras,
     "pytest-xdist>=3",
     "waitress>=3",
+    # tests/test_forked_workers.py: workers forked by a real gunicorn --preload
+    # (bench/soak.py uses it too).
+    "gunicorn>=22",
+    # tests/test_sqlalchemy.py: apps whose engine is postgresql+psycopg (psycopg 3),
+    # for pgstore.transaction = shared on their connection.
+    "psycopg[binary]>=3.1",
     "ruff",
     "mypy",  # py.typed promises types: make lint checks them
 ]
@@ -77,6 +83,7 @@ setup(
         "console_scripts": [
             "pgstore-cleanup = pyramid_pgstore.scripts.cleanup:main",
             "pgstore-schema = pyramid_pgstore.scripts.schema:main",
+            "pgstore-sessions = pyramid_pgstore.scripts.sessions:main",
         ],
     },
 )

@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-if ! "$VENV/bin/python" -c 'import pyramid_session_redis, redis, gunicorn' 2>/dev/null; then
-    echo "bench: installing pyramid_session_redis, redis, gunicorn into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet 'pyramid_session_redis>=1.7' 'redis>=5' 'gunicorn>=22'
+if ! "$VENV/bin/python" -c 'import pyramid_session_redis, redis, gunicorn, psutil' 2>/dev/null; then
+    echo "bench: installing pyramid_session_redis, redis, gunicorn, psutil into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet 'pyramid_session_redis>=1.7' 'redis>=5' 'gunicorn>=22' psutil
 fi

@@ -6,7 +6,15 @@ or build a session factory in code with :func:`PGStoreSessionFactory`.
 
 from .cleanup import Cleaner, CleanupHandle, CleanupResult
 from .config import IPGStore, get_store, includeme
-from .errors import PGStoreError, PoolTimeout, SchemaOutdated, SessionTooLarge, StoreUnavailable
+from .errors import (
+    PGStoreError,
+    PGStoreWarning,
+    PoolTimeout,
+    SchemaOutdated,
+    SessionTooLarge,
+    StoreUnavailable,
+)
+from .events import SessionEnded, SessionOwnerChanged
 from .factory import PGStoreSessionFactory
 from .options import CookieOptions, OptionError, SessionOptions, StoreOptions
 from .records import SessionInfo, SessionRecord
@@ -25,10 +33,13 @@ __all__ = [
     "PGStore",
     "PGStoreError",
     "PGStoreSessionFactory",
+    "PGStoreWarning",
     "PoolTimeout",
     "SchemaOutdated",
+    "SessionEnded",
     "SessionInfo",
     "SessionOptions",
+    "SessionOwnerChanged",
     "SessionRecord",
     "SessionTooLarge",
     "StoreOptions",

@@ -38,6 +38,7 @@ _PARAMETER_TYPES = {
     "ip": "text",
     "ua": "text",
     "cap": "interval",
+    "lifetime": "float8",
 }
 _PARAMETER = re.compile(r"%\((\w+)\)s")
 

@@ -9,6 +9,7 @@ from pyramid.tweens import EXCVIEW, INGRESS
 from zope.interface import Interface
 
 from .factory import session_factory
+from .options import OptionError
 from .settings import configuration_errors, parse_settings
 from .store import PGStore
 
@@ -23,7 +24,9 @@ def includeme(config: Configurator) -> None:
 
     With ``pgstore.engine = sqlalchemy.`` the store takes its connections
     from the app's SQLAlchemy engine for those settings
-    (:func:`pyramid_pgstore.sqla.engine_for`) instead of ``pgstore.dsn``.
+    (:func:`pyramid_pgstore.sqla.engine_for`) instead of ``pgstore.dsn``;
+    an engine of another driver than psycopg2 is refused
+    (``ConfigurationError`` naming ``pgstore.engine``).
 
     The store is reachable with :func:`get_store`. The table is created
     (unless ``pgstore.create_table = false``) before this returns.
@@ -33,12 +36,17 @@ def includeme(config: Configurator) -> None:
     assert parsed.cookie is not None  # parse_settings required the secret
     with configuration_errors(settings):
         if parsed.engine is not None:
-            from .sqla import engine_for  # SQLAlchemy is needed only here
+            from .sqla import engine_for, unsupported  # SQLAlchemy is needed only here
 
-            store = PGStore.from_engine(engine_for(config.registry, parsed.engine), options=parsed.store)
+            engine = engine_for(config.registry, parsed.engine)
+            reason = unsupported(engine.url)
+            if reason is not None:
+                raise OptionError("engine", reason)
+            store = PGStore.from_engine(engine, options=parsed.store)
         else:
             store = PGStore(parsed.dsn, options=parsed.store)  # type: ignore[arg-type]
         factory = session_factory(store, parsed.cookie, parsed.session)
+    store.notify = config.registry.notify  # events of store methods called without a request
     config.registry.registerUtility(store, IPGStore)
     config.set_session_factory(factory)
     # Inside pyramid_tm's tween when there is one, so that the session is

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from webob import Request, Response
 from webob.cookies import CookieProfile, SignedSerializer
@@ -18,6 +19,7 @@ from webob.cookies import CookieProfile, SignedSerializer
 from .options import CookieOptions
 
 SALT = "pyramid_pgstore.session."
+CONFIGURED: Any = object()  # SessionCookie.set: the Max-Age the options give
 
 # 32 random bytes, URL-safe base64 without padding: 43 characters.
 _SESSION_ID = re.compile(rb"[A-Za-z0-9_-]{43}\Z")
@@ -114,9 +116,13 @@ class SessionCookie:
         """The cookie's value for ``session_id``: the signed id."""
         return self.signer.dumps(session_id).decode("ascii")
 
-    def set(self, response: Response, session_id: str) -> None:
-        """Send the signed id."""
-        self._profile.set_cookies(response, session_id)
+    def set(self, response: Response, session_id: str, max_age: Any = CONFIGURED) -> None:
+        """Send the signed id, with the configured Max-Age unless ``max_age``
+        says otherwise (seconds, or None for a browser-session cookie)."""
+        if max_age is CONFIGURED:
+            self._profile.set_cookies(response, session_id)
+        else:
+            self._profile.set_cookies(response, session_id, max_age=max_age)
         vary_on_cookie(response)
 
     def delete(self, response: Response) -> None:

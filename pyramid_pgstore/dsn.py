@@ -12,12 +12,20 @@ from psycopg2.extensions import parse_dsn
 
 from .options import OptionError
 
+# An SQLAlchemy URL's scheme names the driver: postgresql+psycopg://...
+_DRIVER_IN_SCHEME = re.compile(r"^\s*(postgres(?:ql)?)\+\w+://")
+
 
 def connect_kwargs(dsn: str, pool_timeout: float) -> dict[str, Any]:
     """libpq parameters: the DSN, plus defaults it does not set itself.
 
+    An SQLAlchemy URL (``postgresql+psycopg://...``, an app's
+    ``sqlalchemy.url``) is read as the libpq URL it names: the store's
+    connections are psycopg2's whatever driver the app's engine uses.
+
     :raises OptionError: (named ``dsn``) libpq cannot parse it.
     """
+    dsn = _DRIVER_IN_SCHEME.sub(r"\1://", dsn)
     try:
         given = parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:

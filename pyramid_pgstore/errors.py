@@ -5,6 +5,11 @@ class PGStoreError(Exception):
     """Base class of every error raised by :class:`pyramid_pgstore.PGStore`."""
 
 
+class PGStoreWarning(UserWarning):
+    """Something the app asked of its sessions will not happen as it expects
+    (a session write that a doomed transaction will never commit, say)."""
+
+
 class StoreUnavailable(PGStoreError):
     """The database could not be reached, or the connection was lost twice.
 

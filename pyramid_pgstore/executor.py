@@ -10,6 +10,7 @@ on a new connection. Whatever else goes wrong with the database becomes a
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -240,13 +241,30 @@ class TransactionExecutor:
             with self.conn.cursor() as cur:
                 cur.execute(sql, params)
                 found = result(cur)
-        except psycopg2.errors.UndefinedColumn as exc:
-            raise _schema_outdated(self.table, exc) from exc
-        except psycopg2.Error as exc:
+        except driver_errors() as exc:  # psycopg2's, or psycopg 3's on a postgresql+psycopg session
+            if sqlstate(exc) == UNDEFINED_COLUMN:
+                raise _schema_outdated(self.table, exc) from exc
             raise _unavailable("the statement failed in the app's transaction", exc) from exc
         if self.after is not None:
             self.after()
         return found
+
+
+UNDEFINED_COLUMN = "42703"
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """The errors a database driver in use here raises: psycopg2's, and
+    psycopg 3's once it is imported (an app's SQLAlchemy session on
+    ``postgresql+psycopg``, where ``shared`` mode runs its statements)."""
+    psycopg = sys.modules.get("psycopg")
+    return (psycopg2.Error,) if psycopg is None else (psycopg2.Error, psycopg.Error)
+
+
+def sqlstate(exc: Exception) -> str | None:
+    """The SQLSTATE PostgreSQL gave for a driver's error (psycopg2: ``pgcode``;
+    psycopg 3: ``sqlstate``); None for an error of the client's own."""
+    return getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
 
 
 def _unavailable(what: str, exc: Exception) -> StoreUnavailable:

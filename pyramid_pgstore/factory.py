@@ -44,6 +44,11 @@ def session_factory(store: PGStore, cookie: CookieOptions, session: SessionOptio
         "store": store,
         "cookie": SessionCookie(cookie),
         "options": session,
-        "lifetime": Lifetime(session.lifetime(cookie), session.refresh_after(cookie), session.max_lifetime),
+        "lifetime": Lifetime(
+            session.lifetime(cookie),
+            session.refresh_after(cookie),
+            session.max_lifetime,
+            session.reissue_time,
+        ),
     }
     return provider(ISessionFactory)(type("PGStoreSession", (PGStoreSession,), attributes))

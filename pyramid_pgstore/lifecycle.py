@@ -83,6 +83,7 @@ class Situation:
     """Everything :func:`decide` looks at.
 
     ``changed``: the data differs from the row as read (or last written);
+    ``lifetime_changed``: ``set_expiry()`` gave the session another lifetime;
     ``refresh_due``: the expiry is ``reissue_time`` or more behind;
     ``old_secret``: the cookie was signed by a retired secret;
     ``persistent_cookie``: the cookie has a Max-Age, sent again with each write.
@@ -93,6 +94,7 @@ class Situation:
     ending: Ending = Ending.RESPONSE
     has_data: bool = False
     changed: bool = False
+    lifetime_changed: bool = False
     owner: Owner = Owner.SAME
     renew_asked: bool = False
     renew_on_login: bool = True
@@ -134,6 +136,8 @@ def decide(situation: Situation) -> Plan:
       for a refresh (TOUCH), and sets no cookie.
     * Changed data is written over the row (REPLACE); a new user (or none,
       after ``forget()``) gives it a new id (RENEW, with ``renew_on_login``).
+      A new lifetime (``set_expiry()``) is written with a new expiry, and the
+      cookie sent again with its new Max-Age.
     * Data in a request that holds no session starts one (INSERT), except
       where the cookie named a session another request ended a moment ago:
       the browser may hold that request's newer cookie, which a new one would
@@ -172,6 +176,8 @@ def decide(situation: Situation) -> Plan:
     resend = s.stage is Stage.RENEWED or s.old_secret
     if renew:
         return Plan(Write.RENEW, Cookie.SET, stands=stands_alone)
+    if s.lifetime_changed:  # a new expiry, and a cookie with the new Max-Age (or none)
+        return Plan(Write.REPLACE, Cookie.SET, refresh=True)
     if s.changed:
         cookie = Cookie.SET if resend or s.persistent_cookie else Cookie.KEEP
         return Plan(Write.REPLACE, cookie, refresh=s.refresh_due)

@@ -1,9 +1,14 @@
-"""How long a stored session lives: the idle timeout, refreshes, the absolute cap."""
+"""How long a stored session lives: the idle timeout, refreshes, the absolute cap,
+and a session's own lifetime (``set_expiry``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
+from .limits import MAX_SECONDS
 from .records import SessionRecord
 
 
@@ -16,11 +21,24 @@ class Lifetime:
         this often (None: never).
     :param cap: how long after its creation a session ends however active
         (``max_lifetime``; None: no cap).
+    :param reissue_time: the ``reissue_time`` setting (None: a tenth of the
+        lifetime), for sessions with a lifetime of their own.
     """
 
     ttl: float | None
     refresh_after: float | None
     cap: float | None
+    reissue_time: float | None = None
+
+    def own(self, seconds: float | None) -> Lifetime:
+        """These lifetimes for a session whose own idle timeout is ``seconds``
+        (``set_expiry``; None or 0: the factory's). It refreshes at most every
+        tenth of it, or every ``reissue_time`` if that is sooner; the cap stays."""
+        if not seconds:
+            return self
+        tenth = seconds / 10
+        refresh = tenth if self.reissue_time is None else min(self.reissue_time, tenth)
+        return Lifetime(seconds, refresh, self.cap, self.reissue_time)
 
     def ttl_at(self, age: float) -> float | None:
         """The lifetime to write for a session ``age`` seconds old: the idle
@@ -41,3 +59,33 @@ class Lifetime:
             return False
         remaining = (record.expires_on - record.loaded_at).total_seconds()
         return ttl - remaining >= self.refresh_after
+
+
+def expiry_seconds(value: Any) -> float | None:
+    """``set_expiry()``'s argument as seconds: a number of seconds (more than
+    0), 0, or None; a ``timedelta`` counts as its seconds.
+
+    :raises TypeError: not a number (a bool, text, a datetime), naming it.
+    :raises ValueError: negative, not finite, or beyond 10 years, naming it.
+    """
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        seconds: Any = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"set_expiry() takes seconds (a number), 0 or None, not {type(value).__name__} {value!r}"
+        )
+    else:
+        seconds = value
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"set_expiry() takes 0 or more seconds, not {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"set_expiry({value!r}): at most {MAX_SECONDS} seconds (10 years)")
+    return seconds
+
+
+def cookie_max_age(seconds: float) -> int:
+    """A cookie's Max-Age for a session's own lifetime: whole seconds, never 0
+    (which would delete the cookie)."""
+    return max(1, math.ceil(seconds))

@@ -336,6 +336,8 @@ class SessionOptions(_Options):
         the transaction (see :mod:`pyramid_pgstore.tm`).
     :param dbsession: with ``"shared"``, the request attribute holding the
         app's SQLAlchemy session.
+    :param max_sessions_per_user: after a login, the user's live sessions
+        beyond this many end, least recently seen first; None: no limit.
     """
 
     timeout: float | None = option(1200, optional(number(float, 1, MAX_SECONDS)))
@@ -347,6 +349,7 @@ class SessionOptions(_Options):
     max_lifetime: float | None = option(None, optional(number(float, 1, MAX_SECONDS)))
     transaction: str = option("auto", choice("auto", "shared", "none"))
     dbsession: str = option("dbsession", identifier)
+    max_sessions_per_user: int | None = option(None, optional(number(int, 1, MAX_POOL_SIZE)))
 
     def lifetime(self, cookie: CookieOptions) -> float | None:
         """Seconds a stored session lives without use: the timeout, else the

@@ -264,6 +264,16 @@ class Checkout:
             self._closed = True
             self._cond.notify_all()
 
+    def release(self) -> None:
+        """Called once the store is built (its table checked or created): leave
+        no connection open that a process forked afterwards would inherit.
+        Nothing to do for a pool of the caller's."""
+
+    def after_fork(self) -> None:
+        """Called in a child process just after a fork: the parent's locks
+        and connections are not the child's."""
+        self._reset_after_fork()
+
 
 class OwnedPool(Checkout):
     """A checkout over its own :class:`_KeepIdlePool`, built on first use."""
@@ -383,7 +393,7 @@ _CHECKOUTS: weakref.WeakSet[Checkout] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for checkout in list(_CHECKOUTS):
-        checkout._reset_after_fork()
+        checkout.after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -68,7 +68,9 @@ class SessionRecord:
     ``loaded_at`` is the database's time when the row was read, so that
     ``expires_on - loaded_at`` is the time the session has left.
     ``version`` identifies this version of the row: a write made with it
-    succeeds only if nobody wrote the row since.
+    succeeds only if nobody wrote the row since. ``lifetime`` is the
+    session's own idle timeout in seconds (``set_expiry()``; 0: the
+    factory's, with a browser-session cookie; None: the factory's).
     """
 
     key: str
@@ -79,6 +81,7 @@ class SessionRecord:
     loaded_at: datetime
     payload: str = field(repr=False, compare=False, default="")
     version: str | None = field(repr=False, compare=False, default=None)
+    lifetime: float | None = None
 
     @property
     def age(self) -> float:
@@ -93,7 +96,8 @@ class Draft:
 
     ``owner_key`` is the key whose value names the session's user (the row's
     ``userid``); ``ip`` and ``user_agent`` describe the client (None: not
-    recorded). ``claim`` lists keys whose value, or absence, this request
+    recorded); ``lifetime`` is the session's own (see :class:`SessionRecord`).
+    ``claim`` lists keys whose value, or absence, this request
     decides even where it did not change them: a merge with a concurrent
     write takes them from this draft (a CSRF token after a login).
     """
@@ -104,6 +108,7 @@ class Draft:
     ip: str | None = None
     user_agent: str | None = None
     claim: frozenset[str] = frozenset()
+    lifetime: float | None = None
 
     @property
     def userid(self) -> str | None:
@@ -141,8 +146,11 @@ class SessionInfo:
     the id), so it can be shown to the user but never used as a cookie.
     ``ip`` and ``user_agent`` are what the client sent when the row was last
     written (None when not tracked). ``last_seen`` moves at each write and
-    expiry refresh, so it is exact to within ``reissue_time``. ``current``
-    is True for the session of the request that asked.
+    expiry refresh, so it is exact to within ``reissue_time``. ``lifetime``
+    is the session's own idle timeout in seconds, set by ``set_expiry()``
+    ("keep me signed in"; 0: the default, with a browser-session cookie;
+    None: the default). ``current`` is True for the session of the request
+    that asked.
     """
 
     handle: str
@@ -152,18 +160,20 @@ class SessionInfo:
     expires_on: datetime
     ip: str | None
     user_agent: str | None
+    lifetime: float | None = None
     current: bool = False
 
 
 def client_fields(request: Any) -> dict[str, str | None]:
     """The ``ip`` and ``user_agent`` a row records for ``request`` (None:
     not tracked): ``request.client_addr`` and the User-Agent header, bounded
-    and without NUL (which a ``text`` column cannot hold)."""
+    and without NUL (which a ``text`` column cannot hold). A request that
+    has neither (``pyramid.testing.DummyRequest``) records neither."""
     if request is None:
         return {"ip": None, "user_agent": None}
     return {
-        "ip": _text(request.client_addr, _MAX_IP),
-        "user_agent": _text(request.user_agent, _MAX_USER_AGENT),
+        "ip": _text(getattr(request, "client_addr", None), _MAX_IP),
+        "user_agent": _text(getattr(request, "user_agent", None), _MAX_USER_AGENT),
     }
 
 

@@ -13,6 +13,9 @@ version  layout
 2        adds ``userid``, ``ip``, ``user_agent``, ``last_seen``, and a
          partial hash index on ``userid`` (only rows that have one; a hash
          index has no size limit on the value, unlike a B-tree's 2,704 bytes)
+3        adds ``lifetime`` (``double precision``): the session's own idle
+         timeout in seconds (``set_expiry()``; 0: the factory's, with a
+         browser-session cookie; NULL: the factory's)
 =======  ================================================================
 """
 
@@ -27,11 +30,12 @@ from .sql import quoted_table
 
 log = logging.getLogger("pyramid_pgstore")
 
-VERSION = 2
+VERSION = 3
 COMMENT = f"pyramid_pgstore schema {VERSION}"
 _COMMENT_PREFIX = "pyramid_pgstore schema "
 _V1_COLUMNS = frozenset({"key", "data", "created_on", "modified_on", "expires_on"})
 _V2_COLUMNS = _V1_COLUMNS | {"userid", "ip", "user_agent", "last_seen"}
+_V3_COLUMNS = _V2_COLUMNS | {"lifetime"}
 
 # What the store learns about its table in one query (see TableState).
 INSPECT = (
@@ -58,8 +62,10 @@ class TableState:
         if self.comment and self.comment.startswith(_COMMENT_PREFIX):
             number = self.comment[len(_COMMENT_PREFIX) :].split()[0]
             return int(number) if number.isdigit() else None
+        if self.columns >= _V3_COLUMNS:
+            return 3  # made from the SQL or the SQLAlchemy table without its comment
         if self.columns >= _V2_COLUMNS:
-            return 2  # made from the SQL or the SQLAlchemy table without its comment
+            return 2
         if self.columns >= _V1_COLUMNS:
             return 1
         return None
@@ -85,7 +91,8 @@ def create_sql(table: str) -> list[str]:
         " userid text,"
         " ip text,"
         " user_agent text,"
-        " last_seen timestamptz)",
+        " last_seen timestamptz,"
+        " lifetime double precision)",
         f"CREATE INDEX IF NOT EXISTS {expires_index} ON {t} (expires_on)",
         f"CREATE INDEX IF NOT EXISTS {userid_index} ON {t} USING hash (userid) WHERE userid IS NOT NULL",
         f"COMMENT ON TABLE {t} IS '{COMMENT}'",
@@ -101,15 +108,21 @@ def upgrade_sql(table: str, version: int) -> list[str]:
     """
     if version == VERSION:
         return []
-    if version != 1:
+    if version not in (1, 2):
         raise ValueError(f"no upgrade from schema version {version} to {VERSION}")
     t, _, userid_index = names(table)
-    return [
-        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS userid text, ADD COLUMN IF NOT EXISTS ip text,"
-        " ADD COLUMN IF NOT EXISTS user_agent text, ADD COLUMN IF NOT EXISTS last_seen timestamptz",
-        f"CREATE INDEX IF NOT EXISTS {userid_index} ON {t} USING hash (userid) WHERE userid IS NOT NULL",
+    statements = []
+    if version == 1:
+        statements += [
+            f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS userid text, ADD COLUMN IF NOT EXISTS ip text,"
+            " ADD COLUMN IF NOT EXISTS user_agent text, ADD COLUMN IF NOT EXISTS last_seen timestamptz",
+            f"CREATE INDEX IF NOT EXISTS {userid_index} ON {t} USING hash (userid) WHERE userid IS NOT NULL",
+        ]
+    statements += [
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lifetime double precision",
         f"COMMENT ON TABLE {t} IS '{COMMENT}'",
     ]
+    return statements
 
 
 def needed_sql(table: str, state: TableState) -> list[str]:

@@ -35,10 +35,12 @@ and drops its write (logged at debug level).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import secrets
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,9 +50,12 @@ from pyramid.response import Response
 from zope.interface import implementer
 
 from . import tm
+from .cookie import CONFIGURED as _CONFIGURED
 from .cookie import SessionCookie, new_session_id, vary_on_cookie
+from .errors import PGStoreWarning
+from .events import SessionEnded, SessionOwnerChanged
 from .lifecycle import Cookie, Ending, Found, Outcome, Owner, Plan, Situation, Stage, Write, decide
-from .lifetime import Lifetime
+from .lifetime import Lifetime, cookie_max_age, expiry_seconds
 from .merge import FLASH_PREFIX
 from .options import SessionOptions
 from .records import Draft, SessionRecord, client_fields, storage_key
@@ -118,15 +123,20 @@ class PGStoreSession(dict):
         self._refresh_due = False  # the row as read: its expiry is due for a refresh
         self._old_secret = False  # the cookie was signed by a retired secret
         self._renew_asked = False  # renew() waits for pyramid_tm's commit (transaction = auto)
+        self._own_lifetime: float | None = None  # set_expiry(): seconds, 0 (browser cookie) or None
         # Under pyramid_tm (pgstore.transaction): "auto" defers every write to
         # the commit, "shared" runs it in the app's database transaction.
         mode, managed = self.options.transaction, tm.managed(request)
         self._renew_at_commit = mode == "auto" and managed
-        self._transaction = (
-            tm.shared_store(self.store, request, self.options.dbsession)
-            if mode == "shared" and managed
-            else None
-        )
+        self._transaction: PGStore | None = None  # the store on the app's transaction (shared)
+        # What waits for that commit to be announced (events, the session limit); None: nothing waits.
+        self._after_commit: list[Callable[[], object]] | None = None
+        if mode == "shared" and managed:
+            self._transaction = tm.shared_store(self.store, request, self.options.dbsession)
+            self._after_commit = []
+        # Doomed before the session was even read: not this request's own
+        # transaction (a test's, shared by its requests), which never commits.
+        self._doomed_at_start = self._renew_at_commit and tm.doomed(request)
         self._read(request)
 
     # -- the start: what the cookie leads to ----------------------------------
@@ -149,7 +159,8 @@ class PGStoreSession(dict):
         self._read_owner, self._read_token = self._owner_of(record.data), record.data.get(CSRF_KEY)
         self.new = False
         self.created = record.created_on.timestamp()
-        self._refresh_due = self.lifetime.due_for_refresh(record)
+        self._own_lifetime = record.lifetime
+        self._refresh_due = self._lifetime().due_for_refresh(record)
         self._old_secret = not current_secret
         self._finish_at_end()  # to see changes (nested ones too), refresh or re-sign
 
@@ -230,21 +241,67 @@ class PGStoreSession(dict):
         if CSRF_KEY in self and self._csrf_token_stale(self[CSRF_KEY]):
             dict.pop(self, CSRF_KEY)
 
+    # -- a session's own lifetime ("keep me signed in") ------------------------
+
+    def set_expiry(self, value: Any) -> None:
+        """Give this session a lifetime of its own, as Django's ``set_expiry``:
+
+        * seconds (more than 0, or a ``timedelta``): its idle timeout, and its
+          cookie's Max-Age (a cookie that outlives the browser);
+        * ``0``: the factory's idle timeout, with a browser-session cookie
+          (no Max-Age);
+        * ``None``: the factory's timeout and cookie again.
+
+        Stored with the row (at the end of the request, one write), so it
+        holds for later requests, writes, expiry refreshes and a new id at
+        login, until the session ends; ``pgstore.max_lifetime`` still ends
+        the session that long after its creation. No database work now.
+
+        :raises TypeError: not a number of seconds (a bool, text), naming it.
+        :raises ValueError: negative, not finite or over 10 years, naming it.
+        """
+        seconds = expiry_seconds(value)
+        if seconds != self._own_lifetime:
+            self._own_lifetime = seconds
+            self._finish_at_end()
+
+    def get_expiry_age(self) -> float | None:
+        """Seconds of inactivity after which this session expires, as a write
+        now would set it: its own lifetime (:meth:`set_expiry`) or the
+        factory's, never past ``max_lifetime`` from its creation; None if it
+        never expires."""
+        age = self._record.age if self._record is not None and self._holds_session else 0.0
+        return self._lifetime().ttl_at(age)
+
+    def _lifetime(self) -> Lifetime:
+        return self.lifetime.own(self._own_lifetime)
+
+    def _cookie_max_age(self) -> Any:
+        """The cookie's Max-Age for this session: its own lifetime's, none
+        (``set_expiry(0)``), or the factory's (``_CONFIGURED``)."""
+        own = self._own_lifetime
+        if own is None:
+            return _CONFIGURED
+        return cookie_max_age(own) if own else None
+
     # -- ISession: the two calls that write at once ---------------------------
 
     def invalidate(self) -> None:
         """End the stored session now (one round trip) and empty this one.
 
         The response drops the cookie, unless data is written to the session
-        later in the request: that data goes to a brand-new session id.
+        later in the request: that data goes to a brand-new session id (with
+        the factory's lifetime). Notifies :class:`~pyramid_pgstore.SessionEnded`.
         """
         if self._holds_session:
             # A logout stands whatever the request's transaction does, unless
             # this request renewed the row in that transaction (shared).
-            self.carry_out(Plan(Write.END, Cookie.DROP, stands=self.stage is Stage.STORED))
+            plan = Plan(Write.END, Cookie.DROP, stands=self.stage is Stage.STORED)
+            self.carry_out(plan, ended_by="invalidated")
         dict.clear(self)
         self.new = True
         self.created = time.time() + self.store.clock_offset
+        self._own_lifetime = None
         self._finish_at_end()
 
     def renew(self) -> None:
@@ -272,26 +329,31 @@ class PGStoreSession(dict):
         """Where the session stands, for :func:`~pyramid_pgstore.lifecycle.decide`;
         ``draft``: the data as it would be written (:meth:`draft`), to tell
         whether it changed. No database work."""
-        holds = self._holds_session
-        owner = self.owner
-        before = self._owner_of(self._record.data) if self._record is not None else None
-        if owner == before or (not holds and owner is None):
-            change = Owner.SAME
-        else:
-            change = Owner.SIGNED_IN if owner is not None else Owner.SIGNED_OUT
+        record, own = self._record, self._own_lifetime
+        change = self._owner_change()
+        changed = draft is not None and record is not None and draft.payload != record.payload
         return Situation(
             found=self.found,
             stage=self.stage,
             ending=ending,
             has_data=bool(self),
-            changed=draft is not None and self._record is not None and draft.payload != self._record.payload,
+            changed=changed,
+            lifetime_changed=record is not None and record.lifetime != self._own_lifetime,
             owner=change,
             renew_asked=self._renew_asked,
             renew_on_login=self.options.renew_on_login,
             refresh_due=self._refresh_due,
             old_secret=self._old_secret,
-            persistent_cookie=self.cookie.max_age is not None,
+            persistent_cookie=bool(self._own_lifetime) or (own is None and self.cookie.max_age is not None),
         )
+
+    def _owner_change(self) -> Owner:
+        """What became of the session's user since the row was read or written."""
+        owner = self.owner
+        before = self._owner_of(self._record.data) if self._record is not None else None
+        if owner == before or (not self._holds_session and owner is None):
+            return Owner.SAME
+        return Owner.SIGNED_IN if owner is not None else Owner.SIGNED_OUT
 
     def finish(self, request: Request) -> Outcome:
         """End the request's session: decide (:func:`~pyramid_pgstore.lifecycle.decide`)
@@ -306,6 +368,7 @@ class PGStoreSession(dict):
         auto``): nothing it changed is saved and the cookie is left alone,
         except that a logout stands (``invalidate()`` ended the session
         already; ``forget()`` ends it now, with whatever else it held)."""
+        self._after_commit = None  # what waited for the commit is void, but a logout stands
         return self._end(request, Ending.ABORTED)
 
     def _end(self, request: Request, ending: Ending) -> Outcome:
@@ -327,56 +390,110 @@ class PGStoreSession(dict):
 
     def hand_over(self) -> None:
         """pyramid_tm's transaction will finish the session at its commit (or
-        abandon it at its abort): the response callback leaves it alone."""
+        abandon it at its abort): the response callback leaves it alone, and
+        what the write means (events, the session limit) waits for
+        :meth:`announce`, after the commit."""
         if self.progress is Progress.DUE:
             self.progress = Progress.HANDED
+            self._after_commit = []
+            if self._doomed_at_start:
+                warn_doomed(self.options.transaction)
+
+    def announce(self) -> None:
+        """The transaction committed: notify the events of what it stored and
+        apply ``max_sessions_per_user`` (what :meth:`hand_over` or ``shared``
+        mode held back). Later announcements are made at once."""
+        waiting, self._after_commit = self._after_commit or [], None
+        for action in waiting:
+            action()
 
     def send(self, outcome: Outcome, response: Response) -> None:
         """Put ``outcome``'s cookie on ``response`` (and ``Vary: Cookie`` where due)."""
         if outcome.vary:
             vary_on_cookie(response)
         if outcome.cookie is Cookie.SET:
-            self.cookie.set(response, outcome.session_id)  # type: ignore[arg-type]
+            self.cookie.set(response, outcome.session_id, self._cookie_max_age())  # type: ignore[arg-type]
         elif outcome.cookie is Cookie.DROP:
             self.cookie.delete(response)
 
-    def carry_out(self, plan: Plan, draft: Draft | None = None) -> Outcome:
+    def carry_out(self, plan: Plan, draft: Draft | None = None, *, ended_by: str | None = None) -> Outcome:
         """Make ``plan``'s write (at most one statement, plus merges) and move
         the stage; return what the cookie must do. A write that finds its
         session gone leaves the cookie alone (the stage becomes LOST).
 
         Writes go to the app's transaction (``shared``) unless the plan
         stands; every other mode writes on the store's own connections.
-        ``draft``: the data to write, if :meth:`draft` made it already.
+        ``draft``: the data to write, if :meth:`draft` made it already;
+        ``ended_by``: the reason an END reports (``SessionEnded``); without
+        one, an END is a logout by ``forget()`` (``SessionOwnerChanged``).
+        What the write means for the app, :class:`~pyramid_pgstore.SessionOwnerChanged`,
+        :class:`~pyramid_pgstore.SessionEnded` and the session limit, follows
+        once the write is stored (:meth:`announce`).
 
         :raises SessionTooLarge: before any write; the stored row is untouched.
         :raises StoreUnavailable: the database could not be reached.
         """
         store = self.store if plan.stands or self._transaction is None else self._transaction
         write = plan.write
+        previous = self._owner_of(self._record.data) if self._record is not None else None
+        handle = self.storage_key
         if write is Write.INSERT:
             session_id = new_session_id()
             takes_over = self._cookie_id if plan.takes_over else None
-            ttl, cap = self.lifetime.ttl_at(0), self.lifetime.cap
+            lifetime = self._lifetime()
+            ttl, cap = lifetime.ttl_at(0), lifetime.cap
             if not store.create(session_id, draft or self.draft(), ttl, replacing=takes_over, cap=cap):
                 log.debug("not saving: another request already replaced this cookie's expired session")
                 return Outcome(Cookie.KEEP)
             self._hold(session_id, None, Stage.STORED)
+            previous = None  # a new session: a login if it has a user
         elif write in (Write.REPLACE, Write.RENEW):
-            if not self._write(
-                store, draft or self.draft(), renew=write is Write.RENEW, refresh=plan.refresh
-            ):
+            renew = write is Write.RENEW
+            if not self._write(store, draft or self.draft(), renew=renew, refresh=plan.refresh):
                 return self._lost("was ended or revoked by another request")
         elif write is Write.TOUCH:
             assert self._id is not None and self._record is not None
-            ttl, cap = self.lifetime.ttl_at(self._record.age), self.lifetime.cap
+            lifetime = self._lifetime()
+            ttl, cap = lifetime.ttl_at(self._record.age), lifetime.cap
             if not store.touch(self._id, ttl, cap=cap, **self._client()):
                 return self._lost("was ended or revoked by another request")
         elif write is Write.END:
             assert self._id is not None
             store.end(self._id)
             self._hold(None, None, Stage.ENDED)
+            if ended_by is not None:
+                self._follow(plan, SessionEnded(self.request, handle or "", previous, ended_by))
+            else:  # forget() left nothing: a logout
+                self._follow(plan, SessionOwnerChanged(self.request, handle or "", None, previous))
+        if write in (Write.INSERT, Write.REPLACE, Write.RENEW) and self.owner != previous:
+            self._follow(
+                plan, SessionOwnerChanged(self.request, self.storage_key or "", self.owner, previous)
+            )
+            if self.owner is not None and self.options.max_sessions_per_user:
+                self._follow(plan, self._limit(self.owner))
         return Outcome(plan.cookie, self._id, plan.stands)
+
+    def _follow(self, plan: Plan, action: Any) -> None:
+        """Run ``action`` (an event to notify, or a callable) once the write
+        it follows is stored: now, or after the commit it waits for."""
+        if callable(action):
+            run = action
+        else:
+            registry = getattr(self.request, "registry", None)
+            if registry is None:
+                return
+            run = functools.partial(registry.notify, action)
+        if self._after_commit is None or plan.stands:
+            run()
+        else:
+            self._after_commit.append(run)
+
+    def _limit(self, userid: str) -> Callable[[], object]:
+        """``max_sessions_per_user``: after a login is stored, the user's
+        sessions beyond the limit end, least recently seen first (one
+        statement, on the store's own connections, after any commit)."""
+        request, most = self.request, self.options.max_sessions_per_user
+        return lambda: self.store.delete_sessions_beyond(userid, most, request=request)  # type: ignore[arg-type]
 
     def _write(self, store: PGStore, draft: Draft, renew: bool, refresh: bool) -> bool:
         """Write this session over the row it holds (with a new id if
@@ -384,10 +501,11 @@ class PGStoreSession(dict):
         record = self._record
         assert self._id is not None and record is not None
         new_id = new_session_id() if renew else None
-        ttl = self.lifetime.ttl_at(0 if renew else record.age)
+        lifetime = self._lifetime()
+        ttl = lifetime.ttl_at(0 if renew else record.age)
         keep_expiry = not (renew or refresh)
         written = store.write(
-            self._id, draft, record, ttl, cap=self.lifetime.cap, keep_expiry=keep_expiry, new_id=new_id
+            self._id, draft, record, ttl, cap=lifetime.cap, keep_expiry=keep_expiry, new_id=new_id
         )
         if written is None:
             return False
@@ -403,7 +521,10 @@ class PGStoreSession(dict):
         # After a change of user, the CSRF token is this request's to decide:
         # one another request on the pre-login id made is not merged in.
         claim = (CSRF_KEY,) if self.owner != self._read_owner else ()
-        return self.store.draft(self, owner_key=self.options.userid_key, claim=claim, **self._client())
+        client = self._client()
+        return self.store.draft(
+            self, owner_key=self.options.userid_key, claim=claim, lifetime=self._own_lifetime, **client
+        )
 
     def _client(self) -> dict[str, str | None]:
         return client_fields(self.request if self.options.track_client else None)
@@ -424,7 +545,23 @@ class PGStoreSession(dict):
         is made as with ``transaction = none``, on the store's own connections."""
         if self.progress is Progress.DUE:
             self._transaction = None
+            self._after_commit = None
             self.send(self.finish(request), response)
+
+
+def warn_doomed(mode: str) -> None:
+    """A session handed to a transaction that is doomed already will not be saved: say why."""
+    warnings.warn(
+        PGStoreWarning(
+            f"pyramid_pgstore: this request's session changes will not be saved: with "
+            f"pgstore.transaction = {mode} they are written when pyramid_tm's transaction "
+            "commits, and this request's transaction is doomed. A test that shares one doomed "
+            "transaction between requests (tm.active and tm.manager in the WSGI environ, as "
+            "pyramid-cookiecutter-starter's testapp fixture does) should set "
+            "pgstore.transaction = none for its app."
+        ),
+        stacklevel=2,
+    )
 
 
 def session_tween_factory(

@@ -50,6 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     *_held_by(CookieOptions, "samesite"),
     *_held_by(SessionOptions, "timeout", "reissue_time", "set_on_exception", "userid_key", "renew_on_login"),
     *_held_by(SessionOptions, "track_client", "max_lifetime", "transaction", "dbsession"),
+    *_held_by(SessionOptions, "max_sessions_per_user"),
     *_held_by(StoreOptions, "max_length", "table", "create_table", "pool_min", "pool_max", "pool_timeout"),
     *_held_by(StoreOptions, "statement_timeout", "synchronous_commit", "prepare_statements"),
     *_held_by(StoreOptions, "cleanup_interval", "serializer", "failover_timeout", "commit_timeout"),

@@ -74,6 +74,40 @@ def _just_ended(now: str, row: str = "") -> str:
     return f"{row}data = '' AND {row}modified_on + interval '{ENDED_GRACE}' > {now}"
 
 
+# Every parameter's type, for statements that run on a connection of the
+# app's (typed below).
+PARAMETER_TYPES = {
+    **dict.fromkeys(("key", "new_key", "old_key", "keep", "data", "userid", "ip", "ua", "version"), "text"),
+    **dict.fromkeys(("ttl", "cap"), "interval"),
+    "table": "text",  # the quoted name, as text (cast to regclass where the statement says so)
+    "lifetime": "float8",
+    **dict.fromkeys(("limit", "most"), "integer"),
+}
+_UNTYPED_PARAMETER = re.compile(r"%\((\w+)\)s(?!::)")
+
+
+def typed(sql: str) -> str:
+    """``sql`` with every parameter that has no cast given one from
+    :data:`PARAMETER_TYPES` (``%(key)s::text``).
+
+    psycopg2 writes the values into the statement's text, where PostgreSQL
+    sees literals; psycopg 3 sends them apart (``$1``), and PostgreSQL must
+    then infer each one's type from the statement, which it cannot from
+    ``%(version)s IS NULL`` (``could not determine data type of parameter``).
+    With a cast on each, the statement means the same on both drivers.
+
+    :raises KeyError: a parameter :data:`PARAMETER_TYPES` does not know.
+    """
+
+    def cast(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in PARAMETER_TYPES:
+            raise KeyError(f"no type for the parameter %({name})s: add it to sql.PARAMETER_TYPES")
+        return f"{match.group(0)}::{PARAMETER_TYPES[name]}"
+
+    return _UNTYPED_PARAMETER.sub(cast, sql)
+
+
 class Statements:
     """The SQL text for one table, built once.
 
@@ -101,6 +135,11 @@ class Statements:
 
     Each write family is a pair: ``(with a lifetime, forever)``.
 
+    ``typed=True`` casts every parameter to its type (:func:`typed`): for the
+    statements run in the app's transaction (``pgstore.transaction =
+    shared``), on whatever driver its SQLAlchemy session uses, psycopg 3
+    included. The store's own statements, always on psycopg2, go without.
+
     A write of data names the version it read (``%(version)s``, the row's
     ``xmin``): it changes the row only if no other request wrote it since,
     else the store merges and tries again. An ended session is a row with
@@ -115,9 +154,11 @@ class Statements:
         statement_timeout: float | None = None,
         now: str = "now()",
         prepare: bool = False,
+        typed: bool = False,
     ) -> None:
         t, _ = quoted_table(table)
         self._prepare = prepare
+        self._typed = typed
         self._settings = (table, synchronous_commit, statement_timeout)
         self.quoted_table = t
         # Settings for one statement's transaction only: several statements
@@ -133,10 +174,14 @@ class Statements:
         self._limit, self._write, self._now = limit, write, now
         live = f"expires_on + interval '0 s' > {now}"
         unchanged = "(%(version)s IS NULL OR xmin = %(version)s::xid)"
-        columns = "key, data, userid, ip, user_agent, created_on, modified_on, last_seen, expires_on"
-        fresh = f"%(userid)s, %(ip)s, %(ua)s, {now}, {now}, {now}"  # a new row's owner, client, times
+        columns = (
+            "key, data, userid, ip, user_agent, lifetime, created_on, modified_on, last_seen, expires_on"
+        )
+        # A new row's owner, client, own lifetime (set_expiry; NULL: the factory's) and times.
+        fresh = f"%(userid)s, %(ip)s, %(ua)s, %(lifetime)s::float8, {now}, {now}, {now}"
         ended = (
-            f"data = '', userid = NULL, ip = NULL, user_agent = NULL, modified_on = {now}, expires_on = {now}"
+            "data = '', userid = NULL, ip = NULL, user_agent = NULL, lifetime = NULL,"
+            f" modified_on = {now}, expires_on = {now}"
         )
         dead = f"(s.expires_on + interval '0 s' <= {now} OR s.created_on + %(cap)s::interval <= {now})"
 
@@ -144,7 +189,8 @@ class Statements:
         self.load = self._statement(
             "load",
             limit,
-            f"SELECT data, created_on, modified_on, expires_on, {now}, xmin FROM {t} WHERE key = %(key)s",
+            f"SELECT data, created_on, modified_on, expires_on, {now}, xmin, lifetime"
+            f" FROM {t} WHERE key = %(key)s",
         )
         # Insert or replace, one statement whether the row exists or not. A
         # row that had expired starts over with a new created_on.
@@ -153,7 +199,8 @@ class Statements:
             lambda expires: (
                 f"INSERT INTO {t} AS s ({columns}) VALUES (%(key)s, %(data)s, {fresh}, {expires})"
                 " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, userid = EXCLUDED.userid,"
-                " ip = EXCLUDED.ip, user_agent = EXCLUDED.user_agent, modified_on = EXCLUDED.modified_on,"
+                " ip = EXCLUDED.ip, user_agent = EXCLUDED.user_agent, lifetime = EXCLUDED.lifetime,"
+                " modified_on = EXCLUDED.modified_on,"
                 " last_seen = EXCLUDED.last_seen, expires_on = EXCLUDED.expires_on,"
                 " created_on = CASE WHEN s.expires_on > EXCLUDED.modified_on"
                 " THEN s.created_on ELSE EXCLUDED.created_on END"
@@ -165,7 +212,7 @@ class Statements:
         def replace(set_expiry: str) -> str:
             return (
                 f"UPDATE {t} SET data = %(data)s, userid = %(userid)s, ip = %(ip)s, user_agent = %(ua)s,"
-                f" modified_on = {now}, last_seen = {now}{set_expiry}"
+                f" lifetime = %(lifetime)s::float8, modified_on = {now}, last_seen = {now}{set_expiry}"
                 f" WHERE key = %(key)s AND {live} AND {unchanged}"
             )
 
@@ -219,16 +266,28 @@ class Statements:
         # A user's sessions: the partial index on userid (rows that have one).
         seen = "coalesce(last_seen, modified_on)"  # rows from before last_seen existed have none
         self.sessions_of = (
-            f"{limit}SELECT key, userid, created_on, {seen}, expires_on, ip, user_agent FROM {t}"
+            f"{limit}SELECT key, userid, created_on, {seen}, expires_on, ip, user_agent, lifetime FROM {t}"
             f" WHERE userid = %(userid)s AND {live} ORDER BY {seen} DESC, created_on DESC"
         )
+        # Each returns the keys it deleted, for the SessionEnded events.
         self.delete_sessions_of = (
-            f"{write}DELETE FROM {t} WHERE userid = %(userid)s AND {live} AND key <> %(keep)s"
+            f"{write}DELETE FROM {t} WHERE userid = %(userid)s AND {live} AND key <> %(keep)s RETURNING key"
         )
         self.delete_session_of = (
-            f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live}"
+            f"{write}DELETE FROM {t} WHERE key = %(key)s AND userid = %(userid)s AND {live} RETURNING key"
         )
-        self.count_expired = f"SELECT count(*) FROM {t} WHERE expires_on <= {now}"
+        # max_sessions_per_user: a user's live sessions beyond the %(most)s most
+        # recently seen. Run after a login is stored (its own statement, on
+        # rows every committed login has written), so simultaneous logins each
+        # see the others' rows, and the last to run leaves no more than that.
+        self.delete_sessions_beyond = (
+            f"{write}DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE userid = %(userid)s AND {live}"
+            f" ORDER BY {seen} DESC, created_on DESC OFFSET %(most)s) RETURNING key"
+        )
+        # What a cleanup pass would delete now (delete_expired_batch's rows).
+        self.count_expired = (
+            f"SELECT count(*) FROM {t} WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
+        )
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
             " pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
@@ -251,10 +310,22 @@ class Statements:
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
 
+        if typed:
+            self._type_parameters()
+
     def shifted(self, offset: float) -> Statements:
         """The same statements with "now" ``offset`` seconds later (a test's
-        clock), as text whatever ``prepare`` says."""
-        return Statements(*self._settings, now=f"(now() + interval '{float(offset):.6f} seconds')")
+        clock), as text whatever ``prepare`` says, typed if these are."""
+        now = f"(now() + interval '{float(offset):.6f} seconds')"
+        return Statements(*self._settings, now=now, typed=self._typed)
+
+    def _type_parameters(self) -> None:
+        """Give every parameter of every statement its type (:func:`typed`)."""
+        for name, value in vars(self).items():
+            if isinstance(value, str):
+                setattr(self, name, typed(value))
+            elif isinstance(value, tuple) and all(isinstance(each, str) for each in value):
+                setattr(self, name, tuple(typed(each) for each in value))
 
     def _statement(self, kind: str, prefix: str, body: str) -> Statement:
         """A per-request statement: text, or prepared (see _prepared)."""

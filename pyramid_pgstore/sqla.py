@@ -13,8 +13,8 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extensions import connection as Connection
 from pyramid.registry import Registry
 from sqlalchemy import Column, Index, MetaData, PrimaryKeyConstraint, Table, Text, text
-from sqlalchemy.dialects.postgresql import TIMESTAMP
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, TIMESTAMP
+from sqlalchemy.engine import URL, Engine
 
 from . import schema
 from .errors import PGStoreError, PoolTimeout
@@ -44,6 +44,7 @@ def sessions_table(metadata: MetaData, name: str = "http_sessions", schema_name:
         Column("ip", Text),
         Column("user_agent", Text),
         Column("last_seen", timestamp),
+        Column("lifetime", DOUBLE_PRECISION),
         # PostgreSQL's own name, whatever naming convention the metadata has
         PrimaryKeyConstraint("key", name=f"{name[:58]}_pkey"),
         Index(expires_index, "expires_on"),
@@ -83,20 +84,60 @@ def register_engine(registry: Registry, engine: Engine, prefix: str = "sqlalchem
     engines[prefix] = engine
 
 
+def _foreign_driver(url: URL) -> str | None:
+    """What is wrong with an engine of ``url`` for the store, or None.
+
+    The store's statements, retries and cancels are psycopg2's: an engine of
+    another driver (psycopg 3's ``postgresql+psycopg``, asyncpg, pg8000) or
+    of another database cannot lend it connections.
+    """
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if (backend, driver) == ("postgresql", "psycopg2"):
+        return None
+    return f"the engine is {backend}+{driver}; the store borrows psycopg2 connections only"
+
+
+def unsupported(url: URL | str) -> str | None:
+    """Why ``pgstore.engine`` cannot name an engine on ``url``, and what to
+    set instead (``pgstore.dsn``, which takes the engine's URL as it is, and
+    ``pgstore.transaction = shared``, which runs the session's statements
+    on the app's connections whatever their driver); None if it can.
+
+    :raises sqlalchemy.exc.ArgumentError: ``url`` is not a URL.
+    """
+    problem = _foreign_driver(sqlalchemy.engine.make_url(url))
+    if problem is None:
+        return None
+    return (
+        f"{problem} (postgresql+psycopg2://). Give the store a pool of its own instead: pgstore.dsn = "
+        "the engine's URL (and pgstore.transaction = shared to write the session in the app's "
+        "transaction, on its connection)"
+    )
+
+
 class EngineCheckout(Checkout):
     """Connections borrowed from an SQLAlchemy engine's pool (its QueuePool
     waits up to its own ``pool_timeout``), in autocommit mode while lent,
     given back with the engine's setting restored; a broken one is
-    invalidated and the engine's idle connections discarded with it."""
+    invalidated and the engine's idle connections discarded with it.
+
+    Forking servers (``gunicorn --preload``): a connection the engine's pool
+    kept in a process that then forks would be one socket shared by every
+    child. So the connections the store borrows while it is being built (the
+    table's check or creation) are closed when given back, not pooled, until
+    :meth:`release`; and in a child process the engine's pool is replaced by
+    an empty one (``engine.dispose(close=False)``, SQLAlchemy's own advice
+    for a forked process): the parent's connections, the app's own included,
+    are forgotten unclosed, and the child opens its own.
+    """
 
     def __init__(self, engine: Engine, timeout: float) -> None:
-        if engine.dialect.driver != "psycopg2":
-            raise PGStoreError(
-                f"PGStore.from_engine needs a psycopg2 engine (postgresql+psycopg2://...), "
-                f"not {engine.dialect.name}+{engine.dialect.driver}"
-            )
+        problem = _foreign_driver(engine.url)
+        if problem is not None:
+            raise PGStoreError(f"PGStore.from_engine: {problem}; use PGStore(dsn) with the engine's URL")
         self.engine = engine
         self._lent: dict[int, Any] = {}  # id(DBAPI connection) -> SQLAlchemy's pooled connection
+        self._building = True  # until release(): give connections back closed
         super().__init__(timeout)
 
     def getconn(self) -> Connection:
@@ -121,8 +162,20 @@ class EngineCheckout(Checkout):
             self.engine.dispose()  # the idle ones went through the same restart or cut
             self.discarded += 1
             return
-        if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:  # not idle: do not hand it back half-done
+        if self._building or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+            # Closed, not pooled: while the store is being built (see the
+            # class), or when not idle (not to be handed back half-done).
             pooled.invalidate()
             return
         conn.autocommit = False  # what SQLAlchemy expects of a DBAPI connection
         pooled.close()  # back to the engine's pool
+
+    def release(self) -> None:
+        """The store is built: from now on connections go back to the engine's pool."""
+        self._building = False
+
+    def after_fork(self) -> None:
+        super().after_fork()
+        self._lent = {}
+        if not self._closed:
+            self.engine.dispose(close=False)  # the parent's connections: forgotten, not closed

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from psycopg2.pool import AbstractConnectionPool
@@ -29,6 +29,7 @@ from psycopg2.pool import AbstractConnectionPool
 from . import schema, testing
 from .cleanup import DEFAULT_BATCH_SIZE, Cleaner, CleanupHandle, run_cleanup
 from .dsn import connect_kwargs
+from .events import SessionEnded
 from .executor import Executor, Runner, TransactionExecutor, nothing, one, rowcount, rows, scalar
 from .merge import write_merging
 from .options import StoreOptions
@@ -101,6 +102,7 @@ class PGStore:
         store = cls.__new__(cls)
         store.dsn = None
         store._open(checkout, options)
+        checkout.release()  # an engine's pool keeps no connection of the construction (see EngineCheckout)
         return store
 
     def _open(self, checkout: Checkout, options: StoreOptions) -> None:
@@ -137,7 +139,7 @@ class PGStore:
         prepared statements, no retry, no pool. ``after()`` runs after each
         statement. Cheap: the statements are built once per store."""
         if self._transaction_sql is None:
-            self._transaction_sql = Statements(self.table)
+            self._transaction_sql = Statements(self.table, typed=True)  # on the app's driver, maybe psycopg 3
         bound = PGStore.__new__(PGStore)
         bound.dsn = None
         bound._configure(self.options, TransactionExecutor(conn, self.table, after), self._transaction_sql)
@@ -191,7 +193,7 @@ class PGStore:
         row = self._run(self._sql.load, {"key": key}, one)
         if row is None:
             return Lookup(None)
-        payload, created_on, modified_on, expires_on, loaded_at, version = row
+        payload, created_on, modified_on, expires_on, loaded_at, version, lifetime = row
         if expires_on <= loaded_at:  # both from the database's clock
             ended = payload == "" and (loaded_at - modified_on).total_seconds() < ENDED_GRACE_SECONDS
             return Lookup(None, ended=ended)
@@ -200,7 +202,9 @@ class PGStore:
         except ValueError as exc:
             log.warning("stored session %s… does not deserialize (%s)", key[:12], exc)
             return Lookup(None, unreadable=True)
-        record = SessionRecord(key, data, created_on, modified_on, expires_on, loaded_at, payload, version)
+        record = SessionRecord(
+            key, data, created_on, modified_on, expires_on, loaded_at, payload, version, lifetime
+        )
         return Lookup(record)
 
     def draft(
@@ -211,15 +215,17 @@ class PGStore:
         ip: str | None = None,
         user_agent: str | None = None,
         claim: Collection[str] = (),
+        lifetime: float | None = None,
     ) -> Draft:
         """``data`` as this store would write it, for :meth:`create` and
         :meth:`write`: encoded, and what the row records beside it (the user
-        under ``owner_key``, the client). No database work, no size check
-        (writing does that).
+        under ``owner_key``, the client, the session's own ``lifetime``). No
+        database work, no size check (writing does that).
 
         :raises TypeError: a value cannot be stored as it is; the message names its key.
         """
-        return Draft(data, encode(self.serializer, data), owner_key, ip, user_agent, frozenset(claim))
+        payload = encode(self.serializer, data)
+        return Draft(data, payload, owner_key, ip, user_agent, frozenset(claim), lifetime)
 
     def create(
         self,
@@ -299,8 +305,9 @@ class PGStore:
                 if written is None:
                     return None
                 base = dataclasses.replace(base, key=params["new_key"], created_on=base.loaded_at)
+            data, lifetime = dict(attempt.data), attempt.lifetime
             return dataclasses.replace(
-                base, data=dict(attempt.data), payload=attempt.payload, version=written
+                base, data=data, payload=attempt.payload, version=written, lifetime=lifetime
             )
 
         return write_merging(self, read, draft, write_once, lambda: self.load(session_id))
@@ -335,6 +342,7 @@ class PGStore:
 
     def _row(self, params: dict[str, Any], ttl: float | None, draft: Draft) -> dict[str, Any]:
         params.update(userid=userid_column(draft.userid), ip=draft.ip, ua=draft.user_agent, ttl=interval(ttl))
+        params["lifetime"] = draft.lifetime
         return params
 
     @staticmethod
@@ -376,7 +384,7 @@ class PGStore:
             "data": self.serialize(data),
             "userid": userid_column(userid),
         }
-        params.update(ip=ip, ua=user_agent, ttl=interval(ttl))
+        params.update(ip=ip, ua=user_agent, ttl=interval(ttl), lifetime=None)
         self._run(self._statement(self._sql.save, ttl), params, nothing)
 
     def delete(self, session_id: str) -> bool:
@@ -391,18 +399,45 @@ class PGStore:
         found = self._run(self._sql.sessions_of, {"userid": userid_column(userid)}, rows)
         return [SessionInfo(key, userid_from_column(owner) or "", *rest) for key, owner, *rest in found]
 
-    def delete_sessions_of(self, userid: Any, keep: str | None = None) -> int:
+    def delete_sessions_of(self, userid: Any, keep: str | None = None, *, request: Any = None) -> int:
         """End every live session of ``userid`` but the one whose session id
-        is ``keep``; return how many ended. One statement."""
+        is ``keep``; return how many ended. One statement. Each ended session
+        is a :class:`~pyramid_pgstore.SessionEnded` (``"revoked"``), notified
+        through ``request``'s registry (or :attr:`notify`)."""
         keep_key = storage_key(keep) if keep else ""
         params = {"userid": userid_column(userid), "keep": keep_key}
-        return self._run(self._sql.delete_sessions_of, params, rowcount)
+        ended = self._run(self._sql.delete_sessions_of, params, rows)
+        return self._announce_ended(ended, userid, "revoked", request)
 
-    def delete_session_of(self, userid: Any, handle: str) -> bool:
+    def delete_session_of(self, userid: Any, handle: str, *, request: Any = None) -> bool:
         """End the live session ``handle`` (:attr:`SessionInfo.handle`) if
-        it is ``userid``'s; False, doing nothing, if it is not."""
+        it is ``userid``'s; False, doing nothing, if it is not. Notified as
+        :meth:`delete_sessions_of` does."""
         params = {"userid": userid_column(userid), "key": handle}
-        return self._run(self._sql.delete_session_of, params, rowcount) > 0
+        ended = self._run(self._sql.delete_session_of, params, rows)
+        return self._announce_ended(ended, userid, "revoked", request) > 0
+
+    def delete_sessions_beyond(self, userid: Any, most: int, *, request: Any = None) -> int:
+        """End ``userid``'s live sessions beyond the ``most`` most recently
+        seen (``pgstore.max_sessions_per_user``, after a login); return how
+        many ended. One statement. Each is a
+        :class:`~pyramid_pgstore.SessionEnded` (``"limit"``)."""
+        params = {"userid": userid_column(userid), "most": most}
+        ended = self._run(self._sql.delete_sessions_beyond, params, rows)
+        return self._announce_ended(ended, userid, "limit", request)
+
+    #: Where events go for a store method called without a request (``None``:
+    #: nowhere). ``config.include('pyramid_pgstore')`` sets the registry's ``notify``.
+    notify: Callable[[Any], None] | None = None
+
+    def _announce_ended(self, ended: list[tuple[Any, ...]], userid: Any, reason: str, request: Any) -> int:
+        registry = getattr(request, "registry", None)
+        notify = registry.notify if registry is not None else self.notify
+        if notify is not None:
+            owner = None if userid is None else str(userid)
+            for (handle,) in ended:
+                notify(SessionEnded(request, handle, owner, reason))
+        return len(ended)
 
     # -- expired rows (Go's DeleteExpired, Cleanup, RunCleanup) ---------------
 
@@ -442,7 +477,9 @@ class PGStore:
         return self._own_executor().hold_lock(*lock, wait=wait, stop=stop)
 
     def count_expired(self) -> int:
-        """How many expired rows are waiting for cleanup (a full count)."""
+        """How many rows a cleanup pass would delete now (a full count):
+        expired sessions, less those ended within the last
+        :data:`~pyramid_pgstore.sql.ENDED_GRACE`, which cleanup keeps."""
         return self._run(self._sql.count_expired, {}, scalar, watched=False)  # a scan: no commit_timeout
 
     def table_stats(self) -> dict[str, int]:

@@ -14,6 +14,9 @@ touches this module once, when it is built, and never while serving a request.
   with the offset written in, once per move), so that a test can expire
   sessions without sleeping; a store built while the clock is moved starts
   with the offset.
+* :func:`session_for` and :func:`finish_request` give a view unit-tested
+  with ``pyramid.testing.DummyRequest`` a real session, and do to it what
+  the end of a real request does.
 """
 
 from __future__ import annotations
@@ -63,6 +66,29 @@ def _move_to(offset: float) -> None:
     _offset = offset
     for store in list(_LIVE_STORES):
         store.set_clock_offset(offset)
+
+
+def session_for(request: Any) -> Any:
+    """Give ``request`` (a ``pyramid.testing.DummyRequest``, whose session is
+    a ``DummySession``) the session the registry's factory makes, as a real
+    request's first ``request.session`` would (reading its cookie: one
+    statement if it names a session); return it."""
+    from pyramid.interfaces import ISessionFactory
+
+    request.session = request.registry.getUtility(ISessionFactory)(request)
+    return request.session
+
+
+def finish_request(request: Any, response: Any = None) -> Any:
+    """Do to ``request``'s session what the end of a real request does: the
+    write (at most one statement) and the cookie on ``response``
+    (``request.response`` by default), events included; return the response.
+    Unlike a real request's response callbacks, only the session is finished."""
+    response = request.response if response is None else response
+    session = request.session
+    session.send(session.finish(request), response)
+    session.announce()
+    return response
 
 
 def close_stores(dsns: Collection[str]) -> int:

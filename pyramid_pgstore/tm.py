@@ -50,12 +50,22 @@ class Finishable(Protocol):
 
     def hand_over(self) -> None: ...
 
+    def announce(self) -> None: ...
+
     def send(self, outcome: Outcome, response: Response) -> None: ...
 
 
 def managed(request: Request) -> bool:
     """pyramid_tm manages this request's transaction right now."""
     return bool(request.environ.get("tm.active"))
+
+
+def doomed(request: Request) -> bool:
+    """The request's transaction is doomed: it will never commit."""
+    try:
+        return bool(request.tm.isDoomed())
+    except Exception:  # no transaction begun (an explicit manager): nothing doomed either
+        return False
 
 
 def shared_store(store: PGStore, request: Request, attribute: str) -> PGStore:
@@ -97,12 +107,13 @@ def finish(session: Finishable, request: Request, response: Response, mode: str)
         return
     if outcome.vary:
         session.send(Outcome(Cookie.KEEP, vary=True), response)
-    transaction.addAfterCommitHook(_send_if_committed, args=(session, outcome, response))
+    transaction.addAfterCommitHook(_after_commit, args=(session, outcome, response))
 
 
-def _send_if_committed(committed: bool, session: Finishable, outcome: Outcome, response: Response) -> None:
+def _after_commit(committed: bool, session: Finishable, outcome: Outcome, response: Response) -> None:
     if committed:
         session.send(outcome, response)
+        session.announce()
 
 
 class _SessionWrite:
@@ -142,7 +153,7 @@ class _SessionWrite:
         pass
 
     def tpc_finish(self, transaction: Any) -> None:
-        pass
+        self.session.announce()  # committed: the events, the session limit
 
     def tpc_abort(self, transaction: Any) -> None:
         pass

@@ -43,7 +43,8 @@ def revoke_session(request: Request, handle: str) -> bool:
     for a handle of another user's session, an unknown or malformed one, or
     an anonymous request. Revoking the request's own session is
     ``invalidate()``. A revoked session is dead at once: a request of it
-    already in flight cannot write it back."""
+    already in flight cannot write it back. Notifies
+    :class:`~pyramid_pgstore.SessionEnded` (``"revoked"``)."""
     session = _session(request)
     owner = session.owner
     if owner is None or not is_storage_key(handle):
@@ -51,16 +52,17 @@ def revoke_session(request: Request, handle: str) -> bool:
     if handle == session.storage_key:
         session.invalidate()
         return True
-    return session.store.delete_session_of(owner, handle)
+    return session.store.delete_session_of(owner, handle, request=request)
 
 
 def revoke_other_sessions(request: Request) -> int:
     """End every session of the request's user but the request's own (after
-    a password change, say); return how many ended. One statement."""
+    a password change, say); return how many ended. One statement. Each is
+    a :class:`~pyramid_pgstore.SessionEnded` (``"revoked"``)."""
     session = _session(request)
     if session.owner is None:
         return 0
-    return session.store.delete_sessions_of(session.owner, keep=session.session_id)
+    return session.store.delete_sessions_of(session.owner, keep=session.session_id, request=request)
 
 
 def renew_session(request: Request) -> None:

@@ -16,7 +16,8 @@ and tables emptied between tests instead of a database per test.
 Fixtures: ``pgstore_dsn``, ``pgstore_url``, ``pgstore_store``,
 ``pgstore_settings``, ``pgstore_sessions``, ``pgstore_clock``,
 ``pgstore_pgbouncer_settings``, ``pgstore_pgbouncer_store`` (per test);
-``pgstore_replica_pair``, ``pgstore_replica_pair_factory`` (per test, servers of their own);
+``pgstore_replica_pair``, ``pgstore_replica_pair_factory``, ``pgstore_patroni_cluster``,
+``pgstore_patroni_cluster_factory`` (per test, servers of their own);
 ``pgstore_server``, ``pgstore_proc`` and ``pgstore_pgbouncer_dsn`` (per
 session, or per worker under pytest-xdist, whose workers share one server).
 """
@@ -422,3 +423,20 @@ def pgstore_replica_pair_factory(request: pytest.FixtureRequest) -> Iterator[Any
 def pgstore_replica_pair(pgstore_replica_pair_factory: Any) -> Any:
     """An asynchronous primary and replica: ``pgstore_replica_pair_factory()``."""
     return pgstore_replica_pair_factory()
+
+
+@pytest.fixture
+def pgstore_patroni_cluster_factory(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``make(ttl=20, loop_wait=2, synchronous_mode=True, ...)`` starts etcd and three Patroni
+    nodes (a ``PatroniCluster`` of ``pytest_pgstore.patroni``), stopped after the test; skipped
+    without etcd and Patroni (``.ci/need-patroni`` installs them)."""
+    from .patroni import cluster_factory
+
+    bindir = os.path.dirname(_pg_ctl(request.config))
+    yield from cluster_factory(bindir, _run_as(request.config))
+
+
+@pytest.fixture
+def pgstore_patroni_cluster(pgstore_patroni_cluster_factory: Any) -> Any:
+    """A Patroni cluster of three nodes in synchronous mode: ``pgstore_patroni_cluster_factory()``."""
+    return pgstore_patroni_cluster_factory()

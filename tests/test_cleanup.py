@@ -162,6 +162,34 @@ def test_dry_run_and_stats_delete_nothing(ini, pgstore_dsn, capsys):
     assert counts(pgstore_dsn) == (5, 12)
 
 
+def test_dry_run_counts_what_a_pass_then_deletes(ini, pgstore_dsn, capsys):
+    """Ended sessions stay for ENDED_GRACE (requests in flight with their
+    cookie see "ended"): the dry run leaves them out of its count, as the
+    pass leaves them in the table."""
+    add_rows(pgstore_dsn, 4, expired=True, prefix="old")
+    add_rows(pgstore_dsn, 3, expired=False, prefix="live")
+    for key, ended in [
+        ("ended-now-1", "now()"),
+        ("ended-now-2", "now()"),
+        ("ended-long-ago", "now() - interval '2 minutes'"),
+    ]:
+        sql(
+            pgstore_dsn,
+            "INSERT INTO http_sessions (key, data, created_on, modified_on, expires_on)"
+            f" VALUES (%s, '', now() - interval '1 hour', {ended}, {ended})",
+            (key,),
+        )
+    assert main(["pgstore-cleanup", ini, "--dry-run"]) == 0
+    assert "would delete 5 expired sessions" in capsys.readouterr().out
+    assert counts(pgstore_dsn) == (3, 7)  # the dry run deleted nothing
+    assert main(["pgstore-cleanup", ini]) == 0
+    assert "deleted 5 expired sessions" in capsys.readouterr().out
+    assert sorted(key for (key,) in sql(pgstore_dsn, "SELECT key FROM http_sessions WHERE data = ''")) == [
+        "ended-now-1",
+        "ended-now-2",
+    ]
+
+
 def test_the_script_skips_while_another_cleaner_runs_and_exits_0(ini, pgstore_dsn, capsys):
     add_rows(pgstore_dsn, 3, expired=True, prefix="old")
     holder = CleanupLockHolder(pgstore_dsn)
@@ -206,6 +234,22 @@ def test_configuration_errors_exit_2_with_a_message_and_no_traceback(ini, tmp_pa
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("prog, main_of", [("pgstore-cleanup", main), ("pgstore-schema", schema_main)])
+def test_an_engine_the_store_cannot_borrow_from_exits_2_naming_the_setting(prog, main_of, tmp_path, capsys):
+    """pgstore.engine naming a psycopg 3 engine: refused as config.include
+    refuses it, in one line that says what to set instead."""
+    path = tmp_path / "psycopg3.ini"
+    path.write_text(
+        "[app:main]\nuse = egg:WebTest#debug\npgstore.engine = sqlalchemy.\n"
+        "sqlalchemy.url = postgresql+psycopg://app@127.0.0.1:9/app\n"
+    )
+    assert main_of([prog, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{prog}: {path}: pgstore.engine: the engine is postgresql+psycopg;" in err
+    assert "pgstore.dsn = the engine's URL" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_usage_errors_exit_2(capsys):

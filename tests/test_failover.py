@@ -13,79 +13,17 @@ on the new primary.
 import threading
 import time
 
-import psycopg2
 import pytest
 import webtest
 from pyramid.config import Configurator
+from writers import Writers, lost_writes
 
 from pyramid_pgstore import PGStore, StoreUnavailable
 
 
-class Writers:
-    """Threads saving new sessions on ``store`` until stopped; each save
-    logged with its time and outcome (the key, or the exception's class)."""
-
-    def __init__(self, store, count=4):
-        self.store = store
-        self.stop = threading.Event()
-        self.log = []  # (started, seconds, key or None, error class name or None)
-        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(count)]
-
-    def _run(self, n):
-        i = 0
-        while not self.stop.is_set():
-            key = f"writer{n}-{i}"
-            started = time.monotonic()
-            try:
-                self.store.save(key, {"i": i}, 600)
-                self.log.append((started, time.monotonic() - started, key, None))
-            except Exception as exc:  # all kinds, to assert which ones happened
-                self.log.append((started, time.monotonic() - started, None, type(exc).__name__))
-            i += 1
-            time.sleep(0.005)
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-
-    @property
-    def acknowledged(self):
-        return {key for _, _, key, _ in self.log if key is not None}
-
-    def errors(self):
-        return [(started, error) for started, _, _, error in self.log if error is not None]
-
-    def succeeded_after(self, moment):
-        return [key for started, _, key, _ in self.log if key is not None and started > moment]
-
-
-def stored_keys(dsn, keys):
-    from pyramid_pgstore.records import storage_key
-
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT key FROM http_sessions WHERE key = ANY(%s)", ([storage_key(k) for k in keys],)
-            )
-            return {row[0] for row in cur.fetchall()}
-    finally:
-        conn.close()
-
-
 def assert_nothing_acknowledged_was_lost(writers, pair):
-    from pyramid_pgstore.records import storage_key
-
-    acknowledged = writers.acknowledged
-    found = stored_keys(pair.primary_dsn, acknowledged)
-    lost = sorted(key for key in acknowledged if storage_key(key) not in found)
-    assert lost == [], f"{len(lost)} of {len(acknowledged)} acknowledged writes lost"
+    lost = lost_writes(writers, pair.primary_dsn)
+    assert lost == [], f"{len(lost)} of {len(writers.acknowledged)} acknowledged writes lost"
 
 
 @pytest.fixture

@@ -117,6 +117,18 @@ def test_an_emptied_session_without_a_logout_stays_empty():
     assert decide(emptied) == Plan(Write.REPLACE, Cookie.KEEP)
 
 
+def test_a_new_lifetime_is_written_with_a_new_expiry_and_the_cookie_sent_again():
+    # set_expiry(): the row's lifetime and expiry, and the cookie's Max-Age (or none).
+    assert decide(loaded(lifetime_changed=True)) == Plan(Write.REPLACE, Cookie.SET, refresh=True)
+    assert decide(loaded(lifetime_changed=True, changed=True)) == Plan(
+        Write.REPLACE, Cookie.SET, refresh=True
+    )
+
+
+def test_a_new_lifetime_at_login_rides_on_the_renewal():
+    assert decide(loaded(lifetime_changed=True, owner=Owner.SIGNED_IN)) == Plan(Write.RENEW, Cookie.SET)
+
+
 def test_a_session_renewed_earlier_in_the_request_sends_its_new_id():
     renewed = Situation(Found.LIVE, Stage.RENEWED, has_data=True)
     assert decide(renewed) == Plan(Write.NOTHING, Cookie.SET)
@@ -161,13 +173,15 @@ def test_an_aborted_transaction_still_logs_out():
 
 def test_every_situation_has_exactly_one_plan():
     """The whole table: no combination of states is left undecided or raises."""
+    import dataclasses
     import itertools
 
+    flags = [f.name for f in dataclasses.fields(Situation) if f.type == "bool"]
     seen = set()
-    for found, stage, ending, owner, *flags in itertools.product(
-        Found, Stage, Ending, Owner, *([(False, True)] * 7)
+    for found, stage, ending, owner, *values in itertools.product(
+        Found, Stage, Ending, Owner, *([(False, True)] * len(flags))
     ):
-        plan = decide(Situation(found, stage, ending, *flags[:2], owner, *flags[2:]))
+        plan = decide(Situation(found, stage, ending, owner=owner, **dict(zip(flags, values, strict=True))))
         assert isinstance(plan, Plan)
         if plan.write is not Write.NOTHING:
             # Only a held session is written over, touched, renewed or ended.

@@ -135,7 +135,7 @@ def test_schema_upgrades_and_scans_are_not_bound_by_commit_timeout(server):
     started = time.monotonic()
     with PGStore(server.dsn(), table="slow_sessions", commit_timeout=0.3) as store:
         assert time.monotonic() - started > 0.9  # it waited for the lock, past commit_timeout
-        assert store.table_state().comment == "pyramid_pgstore schema 2"
+        assert store.table_state().comment == "pyramid_pgstore schema 3"
         blocker = psycopg2.connect(server.dsn())
         with blocker.cursor() as cur:  # a scan that must wait 1 s
             cur.execute("LOCK TABLE slow_sessions IN ACCESS EXCLUSIVE MODE")

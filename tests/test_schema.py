@@ -29,7 +29,7 @@ SCHEMA_1 = (
 )
 LIVE = {"A" * 43: '{"n": 1}', "B" * 43: '{"n": 5}'}  # session id -> data, as release 0.1 wrote it
 EXPIRED = "C" * 43
-NEW_COLUMNS = {"userid", "ip", "user_agent", "last_seen"}
+NEW_COLUMNS = {"userid", "ip", "user_agent", "last_seen", "lifetime"}
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_include_upgrades_a_schema_1_table_in_place_keeping_every_session(pgstor
     app = make_app(pgstore_settings)
     columns, comment, indexes = layout(old_table)
     assert columns >= NEW_COLUMNS
-    assert comment == "pyramid_pgstore schema 2"
+    assert comment == "pyramid_pgstore schema 3"
     assert "http_sessions_userid_idx" in indexes
     assert sql(old_table, "SELECT count(*) FROM http_sessions") == [(3,)]
     a, b = LIVE
@@ -115,6 +115,32 @@ def test_include_upgrades_a_schema_1_table_in_place_keeping_every_session(pgstor
     assert app.get("/incr").json == {"n": 1, "new": True}
     # Four sessions written by this release, each with its client's address.
     assert sql(old_table, "SELECT count(*) FROM http_sessions WHERE ip = '192.0.2.1'") == [(4,)]
+
+
+SCHEMA_2 = (
+    "CREATE TABLE http_sessions (key text PRIMARY KEY, data text NOT NULL,"
+    " created_on timestamptz NOT NULL, modified_on timestamptz NOT NULL, expires_on timestamptz NOT NULL,"
+    " userid text, ip text, user_agent text, last_seen timestamptz);"
+    " CREATE INDEX http_sessions_expires_on_idx ON http_sessions (expires_on);"
+    " CREATE INDEX http_sessions_userid_idx ON http_sessions USING hash (userid) WHERE userid IS NOT NULL;"
+    " COMMENT ON TABLE http_sessions IS 'pyramid_pgstore schema 2'"
+)
+
+
+def test_include_upgrades_a_schema_2_table_keeping_sessions_and_their_users(pgstore_settings, no_table):
+    sql(no_table, SCHEMA_2)
+    a, _ = LIVE
+    sql(
+        no_table,
+        'INSERT INTO http_sessions VALUES (%s, \'{"n": 1, "auth.userid": "ann"}\', now(), now(),'
+        " now() + interval '20 min', 'ann', '192.0.2.9', 'curl', now())",
+        (storage_key(a),),
+    )
+    app = make_app(pgstore_settings)
+    columns, comment, _ = layout(no_table)
+    assert "lifetime" in columns and comment == "pyramid_pgstore schema 3"
+    assert app.get("/incr", headers=cookie_for(app, a)).json == {"n": 2, "new": False}
+    assert [info.userid for info in get_store(app.app.registry).sessions_of("ann")] == ["ann"]
 
 
 def test_a_process_of_the_previous_release_keeps_working_on_the_upgraded_table(pgstore_settings, old_table):
@@ -160,7 +186,7 @@ def test_processes_upgrading_at_once_do_not_collide(old_table):
         thread.join(30)
     assert errors == []
     assert len(stores) == 6
-    assert layout(old_table)[1] == "pyramid_pgstore schema 2"
+    assert layout(old_table)[1] == "pyramid_pgstore schema 3"
     assert sql(old_table, "SELECT count(*) FROM http_sessions") == [(3,)]
     for store in stores:
         store.close()
@@ -185,7 +211,7 @@ def test_with_create_table_false_include_connects_to_nothing_and_the_first_reque
 
 def test_a_table_of_a_newer_release_is_refused_not_downgraded(pgstore_settings, no_table, ini, capsys):
     PGStore(no_table).close()
-    sql(no_table, "COMMENT ON TABLE http_sessions IS 'pyramid_pgstore schema 3'")
+    sql(no_table, "COMMENT ON TABLE http_sessions IS 'pyramid_pgstore schema 4'")
     with pytest.raises(SchemaOutdated, match="upgrade pyramid_pgstore"):
         make_app(pgstore_settings)
     assert main(["pgstore-schema", ini]) == 1
@@ -216,7 +242,7 @@ def test_with_no_table_it_prints_the_create_sql_which_makes_a_table_the_store_ac
     assert not table_exists(no_table)  # printed, not run
     run_printed_sql(no_table, out)
     with PGStore(no_table, create_table=False) as store:
-        assert store.table_state().version == 2
+        assert store.table_state().version == 3
         store.save("s1", {"n": 1}, 60, userid="ann")
         assert store.load("s1").data == {"n": 1}
         assert [info.userid for info in store.sessions_of("ann")] == ["ann"]
@@ -234,7 +260,7 @@ def test_with_an_old_table_it_prints_the_upgrade_sql_which_keeps_the_sessions(ol
     with PGStore(old_table, create_table=False) as store:
         assert store.load("A" * 43).data == {"n": 1}
         store.save("s1", {"n": 1}, 60, userid="ann")
-    assert layout(old_table)[1] == "pyramid_pgstore schema 2"
+    assert layout(old_table)[1] == "pyramid_pgstore schema 3"
 
 
 def test_with_a_current_table_it_prints_nothing(pgstore_store, ini, capsys):
@@ -245,7 +271,7 @@ def test_with_a_current_table_it_prints_nothing(pgstore_store, ini, capsys):
 def test_apply_upgrades_the_table_after_which_there_is_nothing_to_do(old_table, ini, capsys):
     assert main(["pgstore-schema", ini, "--apply"]) == 0
     assert "ALTER TABLE" in capsys.readouterr().out
-    assert layout(old_table)[1] == "pyramid_pgstore schema 2"
+    assert layout(old_table)[1] == "pyramid_pgstore schema 3"
     assert sql(old_table, "SELECT count(*) FROM http_sessions") == [(3,)]
     assert main(["pgstore-schema", ini, "--apply"]) == 0
     assert capsys.readouterr().out == ""

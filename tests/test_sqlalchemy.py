@@ -1,6 +1,7 @@
 """An app laid out like pyramid-cookiecutter-starter's SQLAlchemy backend:
 pyramid_tm, zope.sqlalchemy, ``request.dbsession``, WebTest."""
 
+import re
 import time
 
 import psycopg2
@@ -8,15 +9,26 @@ import pytest
 import sqlalchemy
 import webtest
 import zope.sqlalchemy
+from db import sql
 from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
+from pyramid.exceptions import ConfigurationError
 from pyramid.httpexceptions import HTTPFound
 from pyramid.interfaces import ISessionFactory
 from pyramid.view import exception_view_config
 from sqlalchemy import Column, Integer, MetaData, Text
 from sqlalchemy.orm import declarative_base, sessionmaker
 
-from pyramid_pgstore import PGStore, StoreUnavailable, get_store, renew_session
+from pyramid_pgstore import (
+    PGStore,
+    SchemaOutdated,
+    StoreUnavailable,
+    get_store,
+    list_sessions,
+    renew_session,
+    revoke_other_sessions,
+    revoke_session,
+)
 from pyramid_pgstore.cookie import new_session_id
 from pyramid_pgstore.sqla import sessions_table
 
@@ -64,6 +76,29 @@ def renew(request):
     return {}
 
 
+def become(request):
+    """Log in as an existing user (another device of the same user)."""
+    auth.remember(request, int(request.params["id"]))
+    return {}
+
+
+def note(request):
+    request.session["notes"] = request.session.get("notes", 0) + 1
+    return {"notes": request.session["notes"]}
+
+
+def devices(request):
+    return [{"handle": each.handle, "current": each.current} for each in list_sessions(request)]
+
+
+def revoke(request):
+    return {"revoked": revoke_session(request, request.params["handle"])}
+
+
+def revoke_others(request):
+    return {"ended": revoke_other_sessions(request)}
+
+
 def whoami(request):
     userid = request.session.get("auth.userid")
     user = request.dbsession.get(User, userid) if userid is not None else None
@@ -94,20 +129,30 @@ def make_app(settings):
             return session
 
         config.add_request_method(dbsession, reify=True)
-        for view in (login, logout, renew, whoami):
+        for view in (login, logout, renew, whoami, become, note, devices, revoke, revoke_others):
             config.add_route(view.__name__, f"/{view.__name__}")
             config.add_view(view, route_name=view.__name__, renderer="json")
         config.scan(__name__)
     return webtest.TestApp(config.make_wsgi_app())
 
 
-@pytest.fixture(params=["dsn", "engine"])
+def on_psycopg3(url):
+    """An SQLAlchemy URL for psycopg 3's driver instead of psycopg2's."""
+    assert url.startswith("postgresql+psycopg2://")
+    return url.replace("+psycopg2://", "+psycopg://", 1)
+
+
+@pytest.fixture(params=["dsn", "engine", "psycopg3"])
 def settings(request, pgstore_settings, pgstore_url):
-    """The app's settings, pgstore on its own DSN or on the app's engine."""
+    """The app's settings, pgstore on its own DSN or on the app's engine;
+    ``psycopg3``: the app's engine on psycopg 3 (``postgresql+psycopg``), and
+    pgstore on a pool of its own, given the engine's URL as it is."""
     given = {**pgstore_settings, "sqlalchemy.url": pgstore_url}
     if request.param == "engine":
         del given["pgstore.dsn"]
         given["pgstore.engine"] = "sqlalchemy."
+    elif request.param == "psycopg3":
+        given["sqlalchemy.url"] = given["pgstore.dsn"] = on_psycopg3(pgstore_url)
     return given
 
 
@@ -248,6 +293,94 @@ def test_in_shared_mode_the_session_is_read_in_the_apps_transaction(settings, pg
     before = store.stats()["queries"]
     assert app.get("/whoami").json["name"] == "ann"
     assert store.stats()["queries"] == before  # nothing went through the store's own pool
+
+
+def test_pgstore_engine_refuses_a_psycopg3_engine_naming_the_setting_and_what_to_use(
+    pgstore_settings, pgstore_url
+):
+    settings = {
+        **pgstore_settings,
+        "sqlalchemy.url": on_psycopg3(pgstore_url),
+        "pgstore.engine": "sqlalchemy.",
+    }
+    del settings["pgstore.dsn"]
+    with pytest.raises(ConfigurationError) as info:
+        make_app(settings)
+    message = str(info.value)
+    assert message.startswith("pgstore.engine: the engine is postgresql+psycopg;")
+    assert "pgstore.dsn = the engine's URL" in message and "pgstore.transaction = shared" in message
+
+
+def test_every_statement_built_for_a_transaction_gives_each_parameter_a_type():
+    """What psycopg 3 needs (sql.typed): a statement added with a parameter
+    sql.PARAMETER_TYPES does not know fails here, not in an app."""
+    from pyramid_pgstore.sql import Statements
+
+    statements = vars(Statements("s.http_sessions", typed=True))
+    texts = [
+        text for value in statements.values() for text in (value if isinstance(value, tuple) else [value])
+    ]
+    untyped = [text for text in texts if isinstance(text, str) and re.search(r"%\(\w+\)s(?!::)", text)]
+    assert untyped == []
+    assert any("%(version)s::text IS NULL" in text for text in texts if isinstance(text, str))
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg3"])
+def test_in_shared_mode_every_session_statement_runs_on_either_driver(
+    driver, pgstore_settings, pgstore_url, pgstore_dsn
+):
+    """Each statement the session runs in the app's transaction (load, save,
+    write, refresh, renewal, a new session for a dead cookie, the user's
+    sessions listed and revoked) on a psycopg2 or a psycopg 3 connection,
+    with and without the values that may be NULL (a version, a cap)."""
+    url = pgstore_url if driver == "psycopg2" else on_psycopg3(pgstore_url)
+    settings = {**pgstore_settings, "sqlalchemy.url": url, "pgstore.transaction": "shared"}
+    settings.update({"pgstore.reissue_time": "0", "pgstore.max_lifetime": "3600"})  # every read refreshes
+    app = make_app(settings)
+    phone = webtest.TestApp(app.app)
+    laptop = webtest.TestApp(app.app)
+    app.get("/login?name=ann")  # save
+    ann = app.get("/whoami").json["userid"]  # load, touch (capped)
+    assert [app.get("/note").json["notes"] for _ in range(2)] == [1, 2]  # replace, with the version read
+    app.get("/renew")  # renew
+    assert app.get("/whoami").json["name"] == "ann"
+    for device in (phone, laptop):
+        device.get(f"/become?id={ann}")
+        assert device.get("/whoami").json["userid"] == ann
+    listed = app.get("/devices").json  # sessions_of
+    assert len(listed) == 3 and sum(each["current"] for each in listed) == 1
+    phones = next(each["handle"] for each in listed if not each["current"])
+    assert app.get(f"/revoke?handle={phones}").json == {"revoked": True}  # delete_session_of
+    assert app.get("/revoke_others").json == {"ended": 1}  # delete_sessions_of
+    assert [device.get("/whoami").json["userid"] for device in (phone, laptop)] == [None, None]
+    assert phone.get("/note").json == {"notes": 1}  # a new session for a dead cookie: succeed
+    assert app.get("/whoami").json == {"userid": ann, "name": "ann"}
+    assert owned_sessions(pgstore_dsn) == 1
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg3"])
+def test_in_shared_mode_a_failed_statement_is_a_store_error_on_either_driver(
+    driver, pgstore_settings, pgstore_url, pgstore_dsn
+):
+    """The session's statements in the app's transaction fail as the store's
+    errors, whatever the app's driver: a refused write is StoreUnavailable
+    (the app's 503 view), a table without a column SchemaOutdated."""
+    url = pgstore_url if driver == "psycopg2" else on_psycopg3(pgstore_url)
+    table = f"shared_fails_{driver}"
+    settings = {**pgstore_settings, "sqlalchemy.url": url, "pgstore.transaction": "shared"}
+    app = make_app({**settings, "pgstore.table": table})
+    app.get("/login?name=ann")
+    try:
+        sql(pgstore_dsn, f"ALTER TABLE {table} ADD CONSTRAINT no_robots CHECK (user_agent <> 'robot')")
+        response = app.get("/login?name=bob", headers={"User-Agent": "robot"}, status=503)
+        assert "the statement failed in the app's transaction" in response.json["error"]
+        assert "no_robots" in response.json["error"]
+        assert app.get("/whoami").json["name"] == "ann"  # nothing of bob's login was kept
+        sql(pgstore_dsn, f"ALTER TABLE {table} RENAME COLUMN last_seen TO seen")
+        with pytest.raises(SchemaOutdated, match="lacks a column"):
+            app.get("/login?name=cat")
+    finally:
+        sql(pgstore_dsn, f"DROP TABLE {table}")
 
 
 def connections(dsn):

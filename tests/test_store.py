@@ -224,6 +224,7 @@ def test_the_schema_matches_the_contract(pgstore_store, pgstore_dsn):
         ("ip", "text", "YES"),
         ("user_agent", "text", "YES"),
         ("last_seen", "timestamp with time zone", "YES"),
+        ("lifetime", "double precision", "YES"),
     ]
     primary_key = sql(
         pgstore_dsn,
@@ -235,7 +236,7 @@ def test_the_schema_matches_the_contract(pgstore_store, pgstore_dsn):
     assert any(d.endswith("(expires_on)") for (d,) in indexes)
     assert any(d.endswith("(userid) WHERE (userid IS NOT NULL)") for (d,) in indexes)
     comment = sql(pgstore_dsn, "SELECT obj_description('http_sessions'::regclass, 'pg_class')")
-    assert comment == [("pyramid_pgstore schema 2",)]
+    assert comment == [("pyramid_pgstore schema 3",)]
 
 
 def test_a_schema_qualified_table(pgstore_dsn):

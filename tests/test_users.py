@@ -89,7 +89,7 @@ def login_raced(request):
     """A login during which another request on the same pre-login id makes a
     CSRF token (``t2``) and writes it, between this one's read and write."""
     request.session.get("x")  # read: no CSRF token yet
-    session_id = request.session._id  # the test stands in for that other request
+    session_id = request.session.session_id  # the test stands in for that other request
     store = get_store(request)
     store.save(session_id, {**store.load(session_id).data, "_csrft_": request.params["t2"]}, 3600)
     login(request)

@@ -1,1 +1,1 @@
-"""Console scripts: ``pgstore-cleanup``."""
+"""Console scripts: ``pgstore-cleanup``, ``pgstore-schema``, ``pgstore-sessions``."""

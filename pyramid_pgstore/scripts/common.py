@@ -18,6 +18,7 @@ from pyramid.scripts.common import parse_vars
 
 from pyramid_pgstore.dsn import redact
 from pyramid_pgstore.errors import PGStoreError
+from pyramid_pgstore.options import OptionError
 from pyramid_pgstore.settings import configuration_errors, parse_settings
 from pyramid_pgstore.store import PGStore
 
@@ -96,13 +97,22 @@ def load_store(config_uri: str, config_vars: list[str]) -> PGStore:
 
 
 def _engine(url: str, prefix: str) -> Any:
-    """A one-connection engine on the app's URL (the script's own)."""
+    """A one-connection engine on the app's URL (the script's own).
+
+    :raises OptionError: (``engine``) the store cannot use such an engine,
+        as ``config.include`` would say.
+    """
     try:
         import sqlalchemy
 
-        return sqlalchemy.create_engine(url, pool_size=1, max_overflow=1)
+        from pyramid_pgstore.sqla import unsupported
+
+        reason = unsupported(url)
+        if reason is None:
+            return sqlalchemy.create_engine(url, pool_size=1, max_overflow=1)
     except Exception as exc:  # no SQLAlchemy, or a URL it cannot read: several kinds
         raise ScriptError(redact(f"{prefix}url: {exc}")) from None
+    raise OptionError("engine", reason)
 
 
 def say(prog: str, message: str) -> None:
