@@ -21,8 +21,9 @@ import time
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from pyramid_pgstore.localdb import query
 from pyramid_pgstore.testing import Query
+
+from .localdb import query
 
 
 def _nodes(admin_dsn: str) -> tuple[tuple[str, int] | None, list[tuple[str, int]]]:

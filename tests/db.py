@@ -1,6 +1,6 @@
 """A helper for tests that look at the database directly."""
 
-from pyramid_pgstore.localdb import query as sql  # sql(dsn, query, params=None): all rows, or []
+from pytest_pgstore.localdb import query as sql  # sql(dsn, query, params=None): all rows, or []
 
 __all__ = ["sql"]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import webtest
 
-from pyramid_pgstore.demo import main
-from pyramid_pgstore.demo.agents import browser_name
-from pyramid_pgstore.localdb import LocalPostgres
+from demo import main
+from demo.agents import browser_name
+from pytest_pgstore.localdb import LocalPostgres
 
 ROOT = Path(__file__).parent.parent
 
@@ -312,7 +312,7 @@ class DemoProcess:
         ignore_hangup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
         self.url, self.env = f"http://127.0.0.1:{port}/", env
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
+            [sys.executable, str(ROOT / "demo" / "serve.py"), "development.ini"],
             cwd=directory,
             env=env,
             stdout=subprocess.PIPE,
@@ -384,7 +384,7 @@ def test_make_demo_after_a_killed_run_stops_its_postgresql_and_serves_and_sighup
     try:
         assert 'id="visits">1<' in again.get()
         second = subprocess.run(
-            [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
+            [sys.executable, str(ROOT / "demo" / "serve.py"), "development.ini"],
             cwd=directory,
             env=again.env,
             capture_output=True,

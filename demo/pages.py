@@ -1,6 +1,6 @@
 """The demo's HTML: plain pages, every value escaped here.
 
-The views (:mod:`pyramid_pgstore.demo.views`) hand these functions plain
+The views (:mod:`demo.views`) hand these functions plain
 values; nothing they pass is trusted to be HTML.
 """
 

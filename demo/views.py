@@ -4,7 +4,7 @@ unreachable store.
 
 Logging in and out is Pyramid's own ``remember()`` / ``forget()`` (through
 the :class:`~pyramid.authentication.SessionAuthenticationHelper` security
-policy in :func:`pyramid_pgstore.demo.main`): the store does the rest.
+policy in :func:`demo.main`): the store does the rest.
 """
 
 from __future__ import annotations
