@@ -245,7 +245,29 @@ def _pgstore_janitor(pgstore_server: Server) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying: str) -> Iterator[str]:
+def _pgstore_emptied(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying: str) -> str:
+    """This run's database, emptied (``--pgstore-empty``) for the test."""
+    from .janitor import empty
+
+    problem = empty(_pgstore_janitor, _pgstore_emptying)
+    if problem:
+        pytest.fail(f"pytest_pgstore: {problem}", pytrace=False)
+    return pgstore_server.dsn
+
+
+@pytest.fixture(autouse=True)
+def _pgstore_isolation(request: pytest.FixtureRequest) -> None:
+    """Every test that reaches this run's database only through a
+    session-scoped fixture (``pgstore_server``, in an app's settings built
+    once per run) starts with it emptied too, as one asking for
+    ``pgstore_dsn`` does: no session rows carry over from one test to the
+    next. Costs nothing in a test that uses no ``pgstore_`` fixture."""
+    if "pgstore_server" in request.fixturenames:
+        request.getfixturevalue("_pgstore_emptied")
+
+
+@pytest.fixture
+def pgstore_dsn(_pgstore_emptied: str, pgstore_server: Server) -> Iterator[str]:
     """DSN of a database whose tables are all empty when the test starts
     (with ``--pgstore-empty=sessions``: only pyramid_pgstore's tables).
 
@@ -254,16 +276,12 @@ def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying
     too, unless ``--pgstore-empty=sessions``. Stores built on it during the
     test (an app made from ``pgstore_settings``, say), or on
     ``pgstore_pgbouncer_dsn``, are closed after it, so no test leaks
-    connections into the next.
+    connections into the next. (A test that uses the database only through
+    ``pgstore_server`` gets it emptied too, and its stores are left open.)
     """
     from pyramid_pgstore import testing
 
-    from .janitor import empty
-
-    problem = empty(_pgstore_janitor, _pgstore_emptying)
-    if problem:
-        pytest.fail(f"pytest_pgstore: {problem}", pytrace=False)
-    yield pgstore_server.dsn
+    yield _pgstore_emptied
     testing.close_stores({pgstore_server.dsn, *_BOUNCER_DSNS})
 
 

@@ -289,3 +289,59 @@ def test_a_pgbouncer_path_that_is_wrong_fails_instead_of_skipping(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pgstore-pgbouncer", "/nonexistent")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*--pgstore-pgbouncer: no program at /nonexistent*"])
+
+
+SESSION_SCOPED_TESTS = """
+import psycopg2
+import pytest
+import webtest
+from pyramid.config import Configurator
+from pyramid.response import Response
+
+
+@pytest.fixture(scope="session")
+def app_settings(pgstore_server):
+    # The SQLAlchemy recipe's shape: settings (and the app) built once per run.
+    return {"pgstore.dsn": pgstore_server.dsn, "pgstore.secret": "s" * 48, "pgstore.transaction": "none"}
+
+
+@pytest.fixture(scope="session")
+def router(app_settings):
+    def put(request):
+        request.session["n"] = request.params["n"]
+        return Response("ok")
+
+    with Configurator(settings=app_settings) as config:
+        config.include("pyramid_pgstore")
+        config.add_route("put", "/put")
+        config.add_view(put, route_name="put")
+    return config.make_wsgi_app()
+
+
+@pytest.fixture
+def testapp(router):
+    return webtest.TestApp(router)
+
+
+def rows(dsn):
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM http_sessions")
+        return cur.fetchone()[0]
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_each_test_starts_without_the_last_ones_sessions(testapp, pgstore_server, round_):
+    assert rows(pgstore_server.dsn) == 0
+    testapp.get("/put?n=1")  # the session-scoped app's store still works
+    assert rows(pgstore_server.dsn) == 1
+"""
+
+
+def test_tests_that_use_the_database_through_session_scoped_fixtures_are_isolated_too(pytester):
+    """The SQLAlchemy recipe builds its settings from ``pgstore_server`` once
+    per run, with ``pgstore_empty = sessions``: every test using them starts
+    with no session rows, and the app built once keeps its store open."""
+    pytester.makeini("[pytest]\npgstore_empty = sessions\n")
+    pytester.makepyfile(test_session_scoped=SESSION_SCOPED_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
