@@ -12,6 +12,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python setup.py pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The checkout's own folders (demo/, for development.ini's use = call:demo:main)
+	# importable in this virtualenv, after the installed packages.
+	echo '$(CURDIR)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pyramid_pgstore_checkout.pth"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -34,7 +37,7 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	.ci/need-postgres
-	$(BIN)/python -m pyramid_pgstore.demo.serve development.ini
+	$(BIN)/python demo/serve.py development.ini
 
 clean:
 	rm -rf $(VENV) var *.egg-info

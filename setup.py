@@ -26,6 +26,11 @@ sqlalchemy_extras = [
 testing_extras = [
     "pytest>=8",
     "WebTest>=3",
+    # The plugin's throwaway server: its executor, janitor and options (brings
+    # psycopg 3, mirakuru and port-for). Its pytest plugin imports psycopg at
+    # pytest's start: the binary wheel brings libpq, as psycopg2-binary does.
+    "pytest-postgresql>=10",
+    "psycopg[binary]>=3.1",
 ]
 
 # This repository's own test suite and lint (make test).
@@ -74,13 +79,11 @@ setup(
     install_requires=requires,
     extras_require={"testing": testing_extras, "sqlalchemy": sqlalchemy_extras, "dev": dev_extras},
     entry_points={
-        "paste.app_factory": ["main = pyramid_pgstore.demo:main"],
         "pytest11": ["pgstore = pytest_pgstore.plugin"],
         "console_scripts": [
             "pgstore-cleanup = pyramid_pgstore.scripts.cleanup:main",
             "pgstore-schema = pyramid_pgstore.scripts.schema:main",
             "pgstore-sessions = pyramid_pgstore.scripts.sessions:main",
-            "pgstore-pg-ctl = pyramid_pgstore.localdb:pg_ctl_main",
         ],
     },
 )

@@ -186,7 +186,7 @@ def child(args: argparse.Namespace) -> None:
 
 def _under_callgrind(base: Path) -> Any:
     """A LocalPostgres whose ``pg_ctl start`` starts the server under callgrind."""
-    from pyramid_pgstore.localdb import LocalPostgres
+    from pytest_pgstore.localdb import LocalPostgres
 
     class CountedPostgres(LocalPostgres):
         wrapper = base / "postgres-under-callgrind"

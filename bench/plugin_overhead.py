@@ -5,8 +5,9 @@ reports the time per test above a suite of plain tests:
 
 * ``pgstore_dsn``: the database emptied before each test (what we do);
 * ``pgstore_store``: the same plus a PGStore opened and closed per test;
-* ``database per test``: CREATE DATABASE ... TEMPLATE and DROP per test,
-  the usual way to isolate tests, for comparison.
+* ``database per test``: pytest-postgresql's way, for comparison: its
+  ``DatabaseJanitor`` creates a database from a template for each test and
+  drops it after (``CREATE DATABASE ... TEMPLATE``, ``DROP DATABASE``).
 
 Usage: .venv/bin/python bench/plugin_overhead.py [N]
 """
@@ -27,19 +28,17 @@ SUITES = {
 }
 
 CONFTEST = """
-import psycopg2, pytest, secrets
+import pytest, secrets
+from pytest_postgresql.janitor import DatabaseJanitor
 
 @pytest.fixture
-def fresh_database(pgstore_server):
-    admin = psycopg2.connect(pgstore_server.admin_dsn)
-    admin.autocommit = True
+def fresh_database(pgstore_proc):
     name = "per_test_" + secrets.token_hex(4)
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    yield name
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE "{name}"')
-    admin.close()
+    with DatabaseJanitor(
+        user=pgstore_proc.user, host=pgstore_proc.host, port=pgstore_proc.port,
+        password=pgstore_proc.password, dbname=name, template_dbname="template0",
+    ):
+        yield name
 """
 
 

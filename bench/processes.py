@@ -1,10 +1,10 @@
 """Throughput of one app process against three, on one database (issue 7).
 
-Starts a throwaway PostgreSQL on 127.0.0.1 (pyramid_pgstore.localdb's
+Starts a throwaway PostgreSQL on 127.0.0.1 (pytest_pgstore.localdb's
 LocalPostgres, data in a temp dir, as an unprivileged user under root) unless
-``--dsn`` names one, and three app processes: ``pyramid_pgstore.demo.api``,
+``--dsn`` names one, and three app processes: ``demo/api.py``,
 waitress with 4 threads and a pool of 4 each, the app the three-process test
-serves.
+serves (run it with make's ``.venv``, which can import the checkout's ``demo/``).
 It logs in 300 sessions, then drives three endpoints with the same load
 generator in both layouts, one after the other within each round:
 
@@ -43,7 +43,7 @@ from pathlib import Path
 import psycopg2
 from servers import DATABASE, postgres, wrk_command, wrk_summary
 
-from pyramid_pgstore.demo import api
+from demo import api
 
 SESSIONS = 300
 WRK_INSTANCES = 3
@@ -179,7 +179,7 @@ def summarize(results: list[dict]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def app_processes(dsn: str, work: Path) -> Iterator[list[api.Process]]:
-    """Three ``pyramid_pgstore.demo.api`` processes on ``dsn`` (waitress 4
+    """Three ``demo/api.py`` processes on ``dsn`` (waitress 4
     threads, pool_max 4, one shared secret); stopped on the way out."""
     env = {
         "PGSTORE_DSN": dsn,

@@ -1,6 +1,6 @@
 """Session backends side by side: cookie, redis, redis-lru, floor and pgstore (issue 5).
 
-Starts on 127.0.0.1 a throwaway PostgreSQL (pyramid_pgstore.localdb's
+Starts on 127.0.0.1 a throwaway PostgreSQL (pytest_pgstore.localdb's
 LocalPostgres: as an unprivileged user when run as root, data in a temp
 dir), a throwaway redis-server, and one gunicorn server per backend; creates
 the sessions through each backend's own /write; drives /untouched, /read and

@@ -2,7 +2,7 @@
 
 Everything listens on 127.0.0.1, is started here and is stopped on the way
 out, Ctrl-C included: PostgreSQL through
-:class:`~pyramid_pgstore.localdb.LocalPostgres` (as an unprivileged user
+:class:`~pytest_pgstore.localdb.LocalPostgres` (as an unprivileged user
 when run as root, data in a temporary directory), a redis-server and one
 WSGI server per backend, each of these two in a process group of its own,
 and wrk for the load (``rotate.lua`` rotates the session cookies). In-process
@@ -35,7 +35,7 @@ from typing import Any, Self
 
 import psutil
 
-from pyramid_pgstore.localdb import LocalPostgres, free_port
+from pytest_pgstore.localdb import LocalPostgres, free_port
 
 BENCH = Path(__file__).resolve().parent
 DATABASE = "bench"  # the database postgres() creates

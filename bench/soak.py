@@ -56,8 +56,8 @@ from pyramid.response import Response
 from servers import BENCH, DATABASE, LoadThreads, postgres, wait_for
 
 from pyramid_pgstore import StoreUnavailable
-from pyramid_pgstore.localdb import free_port
-from pyramid_pgstore.localpair import ReplicaPair
+from pytest_pgstore.localdb import free_port
+from pytest_pgstore.localpair import ReplicaPair
 from pytest_pgstore.patroni import PatroniCluster
 
 

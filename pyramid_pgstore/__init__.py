@@ -13,6 +13,7 @@ from .errors import (
     SchemaOutdated,
     SessionTooLarge,
     StoreUnavailable,
+    UnsupportedStatement,
 )
 from .events import SessionEnded, SessionOwnerChanged
 from .factory import PGStoreSessionFactory
@@ -44,6 +45,7 @@ __all__ = [
     "SessionTooLarge",
     "StoreOptions",
     "StoreUnavailable",
+    "UnsupportedStatement",
     "get_store",
     "includeme",
     "list_sessions",

@@ -18,6 +18,15 @@ class StoreUnavailable(PGStoreError):
     """
 
 
+class UnsupportedStatement(StoreUnavailable):
+    """The database refused one of the store's statements as a feature it
+    does not support (SQLSTATE 0A000): on Citus, a table that was
+    distributed after the store started (it then uses statements Citus
+    refuses). Restart the app, or set ``pgstore.distributed = true``. The
+    session data is untouched.
+    """
+
+
 class PoolTimeout(StoreUnavailable):
     """No pooled connection became free within ``pool_timeout`` seconds."""
 

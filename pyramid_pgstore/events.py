@@ -7,8 +7,10 @@ pyramid_tm with ``pgstore.transaction = auto`` or ``shared``, after the
 transaction commits, and never for a write that was rolled back. A logout
 stands whatever the transaction does, and so does its event.
 
-A subscriber runs in the request's thread after the write; what it raises
-propagates (as any subscriber's does), but the session is stored already.
+A subscriber runs in the request's thread after the write. What it raises
+propagates, as any subscriber's does, except under pyramid_tm, where it runs
+in an after-commit hook and the transaction package logs it; either way the
+session is stored already.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from psycopg2.extensions import cursor as Cursor
 
 from ._prepared import PreparedStatements
 from .dsn import redact
-from .errors import PoolTimeout, SchemaOutdated, StoreUnavailable
+from .errors import PoolTimeout, SchemaOutdated, StoreUnavailable, UnsupportedStatement
 from .pool import Checkout
 from .sql import Statement
 from .watchdog import watchdog as _watchdog
@@ -124,6 +124,9 @@ class Executor:
 
         :raises StoreUnavailable: the database canceled or refused it, or no
             writable server answered in time.
+        :raises UnsupportedStatement: (a StoreUnavailable) the database does
+            not support the statement: Citus, on a table distributed after
+            the store started.
         :raises SchemaOutdated: the table lacks a column this release writes.
         """
         deadline = time.monotonic() + self.failover_timeout
@@ -174,6 +177,8 @@ class Executor:
             raise _unavailable("the database canceled the statement", exc) from exc
         except psycopg2.errors.UndefinedColumn as exc:
             raise _schema_outdated(self.table, exc) from exc
+        except psycopg2.errors.FeatureNotSupported as exc:
+            raise _unsupported(exc) from exc
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             if not conn.closed:  # the statement failed, the connection is fine
                 raise _unavailable("the database refused the statement", exc) from exc
@@ -241,6 +246,8 @@ class TransactionExecutor:
         except driver_errors() as exc:  # psycopg2's, or psycopg 3's on a postgresql+psycopg session
             if sqlstate(exc) == UNDEFINED_COLUMN:
                 raise _schema_outdated(self.table, exc) from exc
+            if sqlstate(exc) == FEATURE_NOT_SUPPORTED:
+                raise _unsupported(exc) from exc
             raise _unavailable("the statement failed in the app's transaction", exc) from exc
         if self.after is not None:
             self.after()
@@ -248,6 +255,7 @@ class TransactionExecutor:
 
 
 UNDEFINED_COLUMN = "42703"
+FEATURE_NOT_SUPPORTED = "0A000"  # what Citus says of a statement it cannot run
 
 
 def driver_errors() -> tuple[type[Exception], ...]:
@@ -266,6 +274,15 @@ def sqlstate(exc: Exception) -> str | None:
 
 def _unavailable(what: str, exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(redact(f"{what}: {str(exc).strip()}"))
+
+
+def _unsupported(exc: Exception) -> UnsupportedStatement:
+    return UnsupportedStatement(
+        redact(
+            f"the database does not support this statement ({str(exc).strip()}); on Citus: a table "
+            "distributed after this process started needs a restart, or pgstore.distributed = true"
+        )
+    )
 
 
 def _schema_outdated(table: str, exc: Exception) -> SchemaOutdated:

@@ -107,6 +107,17 @@ def optional(convert: Callable[[Any], T]) -> Callable[[Any], T | None]:
     return convert_optional
 
 
+def auto_or(convert: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    """``convert``, except that None and "auto" (any case) mean None: decided at run time."""
+
+    def convert_or_auto(value: Any) -> T | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        return convert(value)
+
+    return convert_or_auto
+
+
 def secret_list(value: Any) -> tuple[str, ...]:
     """One or more signing secrets: whitespace-separated text or a sequence.
 
@@ -244,6 +255,10 @@ class StoreOptions(_Options):
     :param prepare_statements: prepare the per-request statements once per
         connection; not behind PgBouncer in transaction mode.
     :param create_table: create the table and its index if missing.
+    :param distributed: whether the table is managed by Citus, so that the
+        store uses the statements Citus accepts; None (``auto``): found out
+        when the store first looks at its table. ``true`` works on a table
+        not distributed yet, so apps can switch before the table is.
     :param max_length: largest serialized session in bytes; 0 = unlimited.
     :param serializer: ``dumps``/``loads`` object (or its dotted name); JSON by default.
     :param cleanup_interval: seconds between cleanup passes run by a thread
@@ -264,6 +279,7 @@ class StoreOptions(_Options):
     synchronous_commit: bool = option(True, boolean)
     prepare_statements: bool = option(False, boolean)
     create_table: bool = option(True, boolean)
+    distributed: bool | None = option(None, auto_or(boolean))
     max_length: int = option(4096, number(int, 0, MAX_LENGTH))
     serializer: Any = option(None, serializer_object)
     cleanup_interval: float = option(0, number(float, 0, MAX_SECONDS))

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 
 from .errors import SchemaOutdated
-from .executor import Runner, nothing, one
+from .executor import Runner, nothing, one, scalar
 from .sql import quoted_table
 
 log = logging.getLogger("pyramid_pgstore")
@@ -41,9 +41,13 @@ _V3_COLUMNS = _V2_COLUMNS | {"lifetime"}
 INSPECT = (
     "SELECT c.oid IS NOT NULL, obj_description(c.oid, 'pg_class'),"
     " ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0"
-    " AND NOT attisdropped)"
+    " AND NOT attisdropped),"
+    " EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"
     " FROM (SELECT to_regclass(%(table)s) AS oid) AS c"
 )
+# Whether Citus manages the table (distributed, reference or Citus-local):
+# asked only where the citus extension exists, which makes this catalog.
+MANAGED_BY_CITUS = "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = %(table)s::regclass)"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class TableState:
     exists: bool
     comment: str | None
     columns: frozenset[str]
+    citus: bool = False  # the database has the citus extension
+    distributed: bool = False  # Citus manages the table (README, "Sharding on Citus")
 
     @property
     def version(self) -> int | None:
@@ -145,47 +151,74 @@ def needed_sql(table: str, state: TableState) -> list[str]:
     return upgrade_sql(table, state.version)
 
 
-def locked(statements: list[str]) -> str:
+def locked(statements: list[str], citus: bool = False) -> str:
     """``statements`` as one transaction (one query string) under the
     table's schema lock (``%(table)s``: the quoted table name, the key every
     release has used): two processes starting at once do not collide, and a
     failure leaves no transaction open. A lock held by live traffic is waited
     for at most 10 s, so a busy table fails the start instead of queueing
-    every request behind the ALTER."""
-    head = "SELECT pg_advisory_xact_lock(hashtext(%(table)s)); SET LOCAL lock_timeout = '10s'; "
-    return head + "; ".join(statements)
+    every request behind the ALTER.
+
+    ``citus``: for a database with Citus, which sends a DDL statement on a
+    table it manages to the shards as the text of the query that carried it,
+    and refuses a text of several statements: each runs alone, by
+    ``EXECUTE`` in one ``DO`` block (still one transaction and one round
+    trip), whether Citus manages the table yet or not (another process may
+    distribute it while this one waits for the lock)."""
+    if not citus:
+        head = "SELECT pg_advisory_xact_lock(hashtext(%(table)s)); SET LOCAL lock_timeout = '10s'; "
+        return head + "; ".join(statements)
+    each = "".join(f"EXECUTE {_literal(statement)}; " for statement in statements)
+    return (
+        "DO $pgstore$ BEGIN PERFORM pg_advisory_xact_lock(hashtext(%(table)s));"
+        f" PERFORM set_config('lock_timeout', '10s', true); {each}END $pgstore$"
+    )
+
+
+def _literal(statement: str) -> str:
+    """Our own DDL as an SQL string literal (it holds no ``$pgstore$``)."""
+    return "'" + statement.replace("'", "''") + "'"
 
 
 def inspect(executor: Runner, quoted: str) -> TableState:
-    """What is in the database under the (quoted) table name: one statement."""
+    """What is in the database under the (quoted) table name: one statement,
+    and a second where the citus extension exists and the table too."""
     found = executor.run(INSPECT, {"table": quoted}, one, watched=False)
-    exists, comment, columns = found or (False, None, ())
-    return TableState(exists, comment, frozenset(columns or ()))
+    exists, comment, columns, citus = found or (False, None, (), False)
+    distributed = bool(exists and citus and executor.run(MANAGED_BY_CITUS, {"table": quoted}, scalar))
+    return TableState(exists, comment, frozenset(columns or ()), citus, distributed)
 
 
-def prepare(executor: Runner, table: str, quoted: str) -> list[str]:
+def prepare(executor: Runner, table: str, quoted: str) -> tuple[list[str], TableState]:
     """Create the table, or upgrade it to the current layout; return the
-    statements run: none when it was current, and then nothing beyond
-    reading the catalog is needed (no CREATE or ALTER privilege).
+    statements run (none when it was current, and then nothing beyond
+    reading the catalog is needed: no CREATE or ALTER privilege), and the
+    table's state as found (creating or upgrading never changes whether
+    Citus manages it).
 
     :raises SchemaOutdated: the table is of a layout this release cannot upgrade.
     """
-    needed = _needed(table, inspect(executor, quoted))
+    state = inspect(executor, quoted)
+    needed = _needed(table, state)
     if needed:
         # An upgrade builds an index in one scan of the table: no commit_timeout.
-        executor.run(locked(needed), {"table": quoted}, nothing, watched=False)
+        executor.run(locked(needed, state.citus), {"table": quoted}, nothing, watched=False)
         log.info("table %s: %s", table, "; ".join(needed))
-    return needed
+    return needed, state
 
 
-def check(executor: Runner, table: str, quoted: str) -> None:
-    """:raises SchemaOutdated: the table is missing or needs upgrading."""
+def check(executor: Runner, table: str, quoted: str) -> TableState:
+    """The table's state, if it is current.
+
+    :raises SchemaOutdated: the table is missing or needs upgrading.
+    """
     state = inspect(executor, quoted)
     if not state.exists:
         raise SchemaOutdated(table, f'relation "{table}" does not exist')
     if _needed(table, state):
         problem = f"table {table} has the layout of pyramid_pgstore schema {state.version}, not {VERSION}"
         raise SchemaOutdated(table, problem)
+    return state
 
 
 def _needed(table: str, state: TableState) -> list[str]:

@@ -52,7 +52,7 @@ from zope.interface import implementer
 from . import tm
 from .cookie import CONFIGURED as _CONFIGURED
 from .cookie import SessionCookie, new_session_id, vary_on_cookie
-from .errors import PGStoreWarning
+from .errors import PGStoreWarning, StoreUnavailable
 from .events import SessionEnded, SessionOwnerChanged
 from .lifecycle import HOLDING, Cookie, Ending, Found, Outcome, Owner, Plan, Situation, Stage, Write, decide
 from .lifetime import Lifetime, cookie_max_age, expiry_seconds
@@ -513,7 +513,14 @@ class PGStoreSession(dict):
         sessions beyond the limit end, least recently seen first (one
         statement, on the store's own connections, after any commit)."""
         request, most = self.request, self.options.max_sessions_per_user
-        return lambda: self.store.delete_sessions_beyond(userid, most, request=request)  # type: ignore[arg-type]
+
+        def limit() -> None:
+            try:
+                self.store.delete_sessions_beyond(userid, most, request=request)  # type: ignore[arg-type]
+            except StoreUnavailable as exc:  # the login is stored: say so, do not fail it
+                log.warning("could not apply max_sessions_per_user for a login: %s", exc)
+
+        return limit
 
     def _write(self, store: PGStore, draft: Draft, renew: bool, refresh: bool) -> bool:
         """Write this session over the row it holds (with a new id if

@@ -54,6 +54,7 @@ SETTINGS: tuple[Setting, ...] = (
     *_held_by(StoreOptions, "max_length", "table", "create_table", "pool_min", "pool_max", "pool_timeout"),
     *_held_by(StoreOptions, "statement_timeout", "synchronous_commit", "prepare_statements"),
     *_held_by(StoreOptions, "cleanup_interval", "serializer", "failover_timeout", "commit_timeout"),
+    *_held_by(StoreOptions, "distributed"),
 )
 # The settings an options object holds (all but where the connections come from).
 _HELD = tuple(setting for setting in SETTINGS if setting.options is not None)

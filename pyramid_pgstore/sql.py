@@ -75,6 +75,20 @@ def _just_ended(now: str, row: str = "") -> str:
     return f"{row}data = '' AND {row}modified_on + interval '{ENDED_GRACE}' > {now}"
 
 
+def _utc(timestamp: str) -> str:
+    """``timestamp`` (a timestamptz) as UTC wall-clock time: an immutable
+    function, where adding an interval to a timestamptz is only stable."""
+    return f"({timestamp} AT TIME ZONE 'UTC')"
+
+
+def _plus(timestamp: str, interval: str) -> str:
+    """``timestamp + interval`` (a timestamptz) with immutable functions only,
+    for Citus, which refuses a stable function of a column in a write. Equal
+    to ``+`` for the intervals the store uses, which are in seconds (no days
+    or months, the parts whose length depends on the time zone)."""
+    return f"({_utc(timestamp)} + {interval}) AT TIME ZONE 'UTC'"
+
+
 # Every parameter's type, for statements that run on a connection of the
 # app's (typed below).
 PARAMETER_TYPES = {
@@ -132,6 +146,19 @@ class Guarded(NamedTuple):
         return self.as_read if surely_live else self.as_read_live
 
 
+def _counterpart(statement: Statement, mine: Any, theirs: Any) -> Statement | None:
+    """Where ``statement`` is ``mine`` or inside it (a tuple, nested), what
+    is at the same place in ``theirs``; else None."""
+    if mine is statement:
+        return theirs  # type: ignore[no-any-return]
+    if isinstance(mine, tuple):
+        for position, each in enumerate(mine):
+            found = _counterpart(statement, each, theirs[position])
+            if found is not None:
+                return found
+    return None
+
+
 def _typed_all(value: Any) -> Any:
     """A statement, or a tuple of them (nested, or a :class:`Guarded`),
     each typed (:func:`typed`); anything else as it is."""
@@ -170,6 +197,19 @@ class Statements:
 
     Each write family is a pair: ``(with a lifetime, forever)``.
 
+    ``distributed=True`` writes the statements for a table managed by Citus
+    (README, "Sharding on Citus"), which refuses a stable function applied
+    to a column in an ``UPDATE`` or ``DELETE`` (``expires_on + interval``),
+    anything but immutable values in ``ON CONFLICT ... DO UPDATE``
+    (``now()``), and ``FOR UPDATE`` across shards. There, comparisons put the
+    interval on the side of ``now()``, which Citus evaluates once, on the
+    coordinator, before it routes the statement to the shard of its key;
+    ``ON CONFLICT`` takes its "now" from the row it tried to insert
+    (``EXCLUDED``); a column plus an interval is computed in UTC wall-clock
+    time (:func:`_plus`); cleanup finds its batch by key. The same
+    statements run on plain PostgreSQL, a little slower to plan; the plain
+    ones are unchanged.
+
     ``typed=True`` casts every parameter to its type (:func:`typed`): for the
     statements run in the app's transaction (``pgstore.transaction =
     shared``), on whatever driver its SQLAlchemy session uses, psycopg 3
@@ -194,6 +234,7 @@ class Statements:
         statement_timeout: float | None = None,
         now: str = "now()",
         prepare: bool = False,
+        distributed: bool = False,
         typed: bool = False,
     ) -> None:
         t, _ = quoted_table(table)
@@ -201,6 +242,7 @@ class Statements:
         self._typed = typed
         self._settings = (table, synchronous_commit, statement_timeout)
         self.quoted_table = t
+        self.distributed = distributed
         # Settings for one statement's transaction only: several statements
         # in one query string run as one implicit transaction, so SET LOCAL
         # costs no round trip, never stays on the connection, and works
@@ -213,7 +255,6 @@ class Statements:
         write = limit + ("" if synchronous_commit else "SET LOCAL synchronous_commit = off; ")
         self._limit, self._write, self._now = limit, write, now
         live = f"expires_on + interval '0 s' > {now}"
-        self._live = live
         unchanged = "(%(version)s IS NULL OR xmin = %(version)s::xid)"
         columns = (
             "key, data, userid, ip, user_agent, lifetime, created_on, modified_on, last_seen, expires_on"
@@ -224,7 +265,25 @@ class Statements:
             "data = '', userid = NULL, ip = NULL, user_agent = NULL, lifetime = NULL,"
             f" modified_on = {now}, expires_on = {now}"
         )
+        # succeed's ON CONFLICT: the dead row is ended, unless it just was.
         dead = f"(s.expires_on + interval '0 s' <= {now} OR s.created_on + %(cap)s::interval <= {now})"
+        end_dead, just_ended = ended, _just_ended(now, "s.")
+        # An existing row's new expiry never passes its created_on +
+        # max_lifetime (%(cap)s; NULL: no cap, which LEAST ignores).
+        capped = "LEAST({expires}, created_on + %(cap)s::interval)"
+        if distributed:  # see the class docstring
+            live = f"expires_on > {now}"
+            # The row succeed tried to insert for the dead key holds its "now".
+            inserted_at = _utc("EXCLUDED.modified_on")
+            past_cap = f"{_utc('s.created_on')} + %(cap)s::interval <= {inserted_at}"
+            dead = f"(s.expires_on <= EXCLUDED.modified_on OR {past_cap})"
+            end_dead = (
+                "data = '', userid = NULL, ip = NULL, user_agent = NULL, lifetime = NULL,"
+                " modified_on = EXCLUDED.modified_on, expires_on = EXCLUDED.expires_on"
+            )
+            just_ended = f"s.data = '' AND {_utc('s.modified_on')} + interval '{ENDED_GRACE}' > {inserted_at}"
+            capped = "LEAST({expires}, " + _plus("created_on", "%(cap)s::interval") + ")"
+        self._live = live  # for the guarded writes (_guarded)
 
         # Also returns an expired or ended row: PGStore.lookup tells them apart.
         self.load = self._statement(
@@ -257,9 +316,6 @@ class Statements:
                 f" WHERE key = %(key)s AND {row}"
             )
 
-        # An existing row's new expiry never passes its created_on +
-        # max_lifetime (%(cap)s; NULL: no cap, which LEAST ignores).
-        capped = "LEAST({expires}, created_on + %(cap)s::interval)"
         self.replace = self._guarded_family(
             "replace", lambda expires: replace(", expires_on = " + capped.format(expires=expires))
         )
@@ -297,8 +353,8 @@ class Statements:
             "succeed",
             lambda expires: (
                 f"WITH dead AS (INSERT INTO {t} AS s (key, data, created_on, modified_on, expires_on)"
-                f" VALUES (%(old_key)s, '', {now}, {now}, {now}) ON CONFLICT (key) DO UPDATE SET {ended}"
-                f" WHERE {dead} AND NOT ({_just_ended(now, 's.')}) RETURNING 1)"
+                f" VALUES (%(old_key)s, '', {now}, {now}, {now}) ON CONFLICT (key) DO UPDATE SET {end_dead}"
+                f" WHERE {dead} AND NOT ({just_ended}) RETURNING 1)"
                 f" INSERT INTO {t} ({columns}) SELECT %(key)s, %(data)s, {fresh}, {expires} FROM dead"
             ),
         )
@@ -331,10 +387,15 @@ class Statements:
         self.count_expired = (
             f"SELECT count(*) FROM {t} WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
         )
+        sizes = "pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
+        if distributed:  # the coordinator's table is an empty shell: the sizes of its shards
+            sizes = (
+                "citus_table_size(%(table)s::regclass),"
+                " citus_total_relation_size(%(table)s::regclass) - citus_table_size(%(table)s::regclass)"
+            )
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
-            " pg_table_size(%(table)s::regclass), pg_indexes_size(%(table)s::regclass)"
-            f" FROM {t}"
+            f" {sizes} FROM {t}"
         )
         # Taken in a transaction held open on a connection of its own for the
         # whole pass; holding it while idle must not get that session killed.
@@ -352,6 +413,17 @@ class Statements:
             f" WHERE expires_on <= {now} AND NOT ({_just_ended(now)})"
             " LIMIT %(limit)s FOR UPDATE SKIP LOCKED))"
         )
+        if distributed:
+            # A ctid is a place in one shard, and Citus locks no rows across
+            # shards: the batch is found by key, and the DELETE checks each
+            # row again (a request may have refreshed it since), waiting for
+            # a row a request is writing rather than skipping it.
+            just_ended = f"data = '' AND modified_on > {now} - interval '{ENDED_GRACE}'"
+            expired = f"expires_on <= {now} AND NOT ({just_ended})"
+            self.delete_expired_batch = (
+                f"{limit}DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE {expired} LIMIT %(limit)s)"
+                f" AND {expired}"
+            )
 
         if typed:
             self._type_parameters()
@@ -360,7 +432,19 @@ class Statements:
         """The same statements with "now" ``offset`` seconds later (a test's
         clock), as text whatever ``prepare`` says, typed if these are."""
         now = f"(now() + interval '{float(offset):.6f} seconds')"
-        return Statements(*self._settings, now=now, typed=self._typed)
+        return Statements(*self._settings, now=now, typed=self._typed, distributed=self.distributed)
+
+    def counterpart(self, statement: Statement, other: Statements) -> Statement:
+        """The statement of ``other`` that ``statement`` is among these (by
+        identity, in a family or a :class:`Guarded` too); ``statement``
+        itself if it is none of these."""
+        if other is self:
+            return statement
+        for name, value in vars(self).items():
+            found = _counterpart(statement, value, getattr(other, name, None))
+            if found is not None:
+                return found
+        return statement
 
     def _type_parameters(self) -> None:
         """Give every parameter of every statement its type (:func:`typed`)."""

@@ -114,13 +114,7 @@ class PGStore:
 
     def _open(self, checkout: Checkout, options: StoreOptions) -> None:
         executor = Executor(checkout, options.table, options.failover_wait, options.commit_timeout)
-        statements = Statements(
-            options.table,
-            options.synchronous_commit,
-            options.statement_timeout,
-            prepare=options.prepare_statements,
-        )
-        self._configure(options, executor, statements)
+        self._configure(options, executor, _statements(options, bool(options.distributed)))
         self._checkout: Checkout | None = checkout
         self._cleanups: list[CleanupHandle] = []
         self._table_checked = False
@@ -146,7 +140,11 @@ class PGStore:
         prepared statements, no retry, no pool. ``after()`` runs after each
         statement. Cheap: the statements are built once per store."""
         if self._transaction_sql is None:
-            self._transaction_sql = Statements(self.table, typed=True)  # on the app's driver, maybe psycopg 3
+            if not self._table_checked:
+                self._check_table()
+            distributed = self._plain_sql.distributed
+            # typed: on the app's driver, maybe psycopg 3
+            self._transaction_sql = Statements(self.table, typed=True, distributed=distributed)
         bound = PGStore.__new__(PGStore)
         bound.dsn = None
         bound._configure(self.options, TransactionExecutor(conn, self.table, after), self._transaction_sql)
@@ -168,23 +166,41 @@ class PGStore:
 
     def _run(self, sql: Statement, params: dict[str, Any], result: Any, *, watched: bool = True) -> Any:
         if not self._table_checked:
+            chosen_from = self._sql
             self._check_table()
+            sql = chosen_from.counterpart(sql, self._sql)  # the table is on Citus, say
         return self._executor.run(sql, params, result, watched=watched)
 
     def table_state(self) -> schema.TableState:
-        """What is in the database under the table's name (one statement)."""
+        """What is in the database under the table's name (one statement;
+        two on a database with Citus)."""
         return schema.inspect(self._executor, self._sql.quoted_table)
 
     def prepare_table(self) -> list[str]:
         """Create the table, or upgrade it to this release's layout; return
         the statements run (see :func:`pyramid_pgstore.schema.prepare`)."""
-        done = schema.prepare(self._executor, self.table, self._sql.quoted_table)
-        self._table_checked = True
+        done, state = schema.prepare(self._executor, self.table, self._sql.quoted_table)
+        self._use_table(state)
         return done
 
     def _check_table(self) -> None:
-        schema.check(self._executor, self.table, self._sql.quoted_table)
+        self._use_table(schema.check(self._executor, self.table, self._sql.quoted_table))
+
+    def _use_table(self, state: schema.TableState) -> None:
+        """From now on, the statements for the table as found: those Citus
+        accepts where Citus manages it (or ``options.distributed`` says so)."""
+        quoted = self._sql.quoted_table
+        if testing.table_hooks and testing.table_ready(self._query, quoted):  # tests only
+            state = schema.inspect(self._executor, quoted)
+        distributed = state.distributed if self.options.distributed is None else self.options.distributed
+        if distributed != self._plain_sql.distributed:
+            self._plain_sql = _statements(self.options, distributed)
+            self._transaction_sql = None
+            self.set_clock_offset(self.clock_offset)
         self._table_checked = True
+
+    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return self._executor.run(sql, params, rows, watched=False)
 
     # -- one session: what the session factory uses ---------------------------
 
@@ -576,3 +592,14 @@ def _borrowed(options: StoreOptions | None, overrides: dict[str, Any]) -> StoreO
     if sizing:
         raise TypeError(f"a borrowed pool has its own size: no {', '.join(sizing)}")
     return StoreOptions.build(options, overrides)
+
+
+def _statements(options: StoreOptions, distributed: bool) -> Statements:
+    """The store's statements, for a table Citus manages or not."""
+    return Statements(
+        options.table,
+        options.synchronous_commit,
+        options.statement_timeout,
+        prepare=options.prepare_statements,
+        distributed=distributed,
+    )

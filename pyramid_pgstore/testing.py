@@ -1,7 +1,9 @@
 """Hooks for tests: the stores a process has built, and a clock to move for them.
 
 ``pytest_pgstore`` uses these; an app's own test helpers may too. A store
-touches this module once, when it is built, and never while serving a request.
+touches this module when it is built and when it first looks at its table
+(at its first statement, with ``create_table = false``), never otherwise
+while serving a request.
 
 * Every store registers itself when built (weakly referenced), so that a test
   fixture can close the stores an app built on the test's database and never
@@ -17,13 +19,20 @@ touches this module once, when it is built, and never while serving a request.
 * :func:`session_for` and :func:`finish_request` give a view unit-tested
   with ``pyramid.testing.DummyRequest`` a real session, and do to it what
   the end of a real request does.
+* A test plugin may change a store's table once the store has prepared or
+  checked it, before its first statement (:data:`table_hooks`:
+  ``pytest_pgstore --pgstore-citus`` distributes it on Citus).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
+
+# How a table hook runs SQL: on the store's own connections, in autocommit
+# mode; returns the rows of the last statement (none: an empty list).
+Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
 
 
 class _TestableStore(Protocol):
@@ -100,3 +109,17 @@ def close_stores(dsns: Collection[str]) -> int:
             store.close()
             closed += 1
     return closed
+
+
+# Each is called as ``hook(query, quoted_table)`` after a store has prepared
+# or checked its table, and returns whether it changed the table (the store
+# then looks at it again). Empty in production: the store checks only that.
+table_hooks: list[Callable[[Query, str], bool]] = []
+
+
+def table_ready(query: Query, quoted_table: str) -> bool:
+    """Run the :data:`table_hooks`; True if one of them changed the table."""
+    changed = False
+    for hook in table_hooks:
+        changed = hook(query, quoted_table) or changed
+    return changed

@@ -98,6 +98,9 @@ def finish(session: Finishable, request: Request, response: Response, mode: str)
     if mode == "auto":
         session.hand_over()  # to the commit, if there is one; not to a response callback
         transaction.join(_SessionWrite(session, request, response, request.tm))
+        # Events and the session limit once the commit succeeded (a hook's error
+        # is logged by the transaction package, never turned into a failed commit).
+        transaction.addAfterCommitHook(_announce_if_committed, args=(session,))
         return
     # shared: the statements run now, in the transaction; the cookie waits for
     # its commit, unless it stands whatever the transaction does (a logout).
@@ -113,6 +116,11 @@ def finish(session: Finishable, request: Request, response: Response, mode: str)
 def _after_commit(committed: bool, session: Finishable, outcome: Outcome, response: Response) -> None:
     if committed:
         session.send(outcome, response)
+        session.announce()
+
+
+def _announce_if_committed(committed: bool, session: Finishable) -> None:
+    if committed:
         session.announce()
 
 
@@ -153,7 +161,7 @@ class _SessionWrite:
         pass
 
     def tpc_finish(self, transaction: Any) -> None:
-        self.session.announce()  # committed: the events, the session limit
+        pass
 
     def tpc_abort(self, transaction: Any) -> None:
         pass

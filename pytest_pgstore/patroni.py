@@ -16,7 +16,7 @@ them, Patroni in a virtualenv of Debian's ``/usr/bin/python3`` under
 ``/opt/pgstore-patroni``, where the ``postgres`` user can run it.
 
 PostgreSQL refuses to run as root: started by root, every Patroni runs as
-the unprivileged user of :func:`~pyramid_pgstore.localdb.run_as_user`, which
+the unprivileged user of :func:`~pytest_pgstore.localdb.run_as_user`, which
 is given the nodes' directories; etcd runs as whoever started the cluster.
 """
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import psycopg2
 
-from pyramid_pgstore.localdb import find_pg_ctl, free_port, hand_over, query, run_as_user
+from .localdb import find_pg_ctl, free_port, hand_over, query, run_as_user
 
 PATRONI_ENV = "PGSTORE_PATRONI"  # the patroni program (patronictl beside it)
 ETCD_ENV = "PGSTORE_ETCD"  # the etcd program

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from pyramid_pgstore.localdb import free_port, open_path_to
+from .localdb import free_port, open_path_to
 
 # Server connections per (database, user) pool. Deliberately few: many client
 # connections then share them, as they do in production.

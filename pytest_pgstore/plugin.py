@@ -5,6 +5,14 @@ imports nothing but pytest: nothing runs until a test asks for one of the
 ``pgstore_*`` fixtures. Every name here is prefixed, so an app's own
 pytest-postgresql fixtures are left alone.
 
+The server is pytest-postgresql's: its executor and janitor
+(:mod:`pytest_pgstore.server`, :mod:`pytest_pgstore.janitor`) and its
+``--postgresql-*`` options and ``postgresql_*`` ini keys (``exec``, ``host``,
+``port``, ``user``, ``password``, ``options``, ``startparams``,
+``unixsocketdir``, ``postgres_options``). On top: running as root, one server
+shared by the xdist workers of a run, nothing started until a fixture asks,
+and tables emptied between tests instead of a database per test.
+
 Fixtures: ``pgstore_dsn``, ``pgstore_url``, ``pgstore_store``,
 ``pgstore_settings``, ``pgstore_sessions``, ``pgstore_clock``,
 ``pgstore_pgbouncer_settings``, ``pgstore_pgbouncer_store`` (per test);
@@ -28,15 +36,18 @@ import pytest
 
 if TYPE_CHECKING:
     from pyramid_pgstore import PGStore
-    from pyramid_pgstore.localdb import LocalPostgres
 
+    from .server import GivenServer, ThrowawayServer
     from .sessions import TestSessions
+
+# -- options ---------------------------------------------------------------------------
 
 _OPTIONS = {
     "dsn": "DSN of an existing PostgreSQL server to use instead of starting one "
     "(the user must be allowed to CREATE DATABASE)",
-    "pg_bindir": "directory holding PostgreSQL's server programs (pg_ctl, initdb, postgres); "
-    "found with pg_config, PATH or /usr/lib/postgresql/*/bin when unset",
+    "pg_bindir": "directory holding PostgreSQL's server programs (pg_ctl, initdb, postgres): "
+    "an alias of --postgresql-exec=DIR/pg_ctl, which it overrides; when neither names one, "
+    "found with pg_config, PATH or /usr/lib/postgresql/*/bin",
     "run_as": "when tests run as root: the unprivileged user that runs the server "
     "and pgbouncer (default: postgres if that user exists, else nobody)",
     "pgbouncer": "path of the pgbouncer program for the pgstore_pgbouncer_* fixtures "
@@ -47,16 +58,50 @@ _OPTIONS = {
 _SERVER_DIR = pytest.StashKey[Path]()
 
 
+_CITUS_HELP = (
+    "--pgstore-dsn is a Citus coordinator with its workers added: each test database becomes a "
+    "Citus database, and the table of every store built on it is distributed by key"
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pgstore", "pyramid_pgstore test database")
     for name, help_text in _OPTIONS.items():
         group.addoption(f"--pgstore-{name.replace('_', '-')}", dest=f"pgstore_{name}", help=help_text)
         parser.addini(f"pgstore_{name}", help_text, default="")
+    group.addoption("--pgstore-citus", dest="pgstore_citus", action="store_true", help=_CITUS_HELP)
+    parser.addini("pgstore_citus", _CITUS_HELP, type="bool", default=False)
 
 
 def _option(config: pytest.Config, name: str) -> str:
     """One option, from the command line first, else the ini file."""
     return config.getoption(f"pgstore_{name}") or config.getini(f"pgstore_{name}") or ""
+
+
+def _server_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The throwaway server's executor arguments, from pytest-postgresql's options."""
+    from port_for import get_port
+    from pytest_postgresql.config import get_config
+
+    config = get_config(request)
+    # pytest-postgresql's ini default for the socket directory is the
+    # temporary directory; unless changed, the server's own directory is used
+    # (under root the server's user may not be able to write elsewhere).
+    socketdir = config.unixsocketdir if config.unixsocketdir != tempfile.gettempdir() else ""
+    return {
+        "pg_ctl": _pg_ctl(request.config),
+        "host": config.host,
+        "port": get_port(config.port),
+        "user": config.user,
+        "password": config.password or None,
+        "options": config.options,
+        "unixsocketdir": socketdir,
+        "startparams": config.startparams,
+        "postgres_options": config.postgres_options,
+    }
+
+
+# -- the run's server: one for the run, shared by pytest-xdist's workers ---------------
 
 
 def _server_dir(config: pytest.Config) -> Path:
@@ -87,23 +132,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def pgstore_proc(request: pytest.FixtureRequest) -> LocalPostgres:
-    """The run's throwaway PostgreSQL server, started on first use (as an
-    unprivileged user under root) and stopped at the end of the run; shared
-    by pytest-xdist's workers. Has ``host``, ``port``, ``user``, ``datadir``,
-    ``logfile``, ``unixsocketdir`` and ``admin_dsn``."""
+def pgstore_proc(request: pytest.FixtureRequest) -> ThrowawayServer | GivenServer:
+    """The run's PostgreSQL server. Without ``--pgstore-dsn``, the throwaway
+    one (pytest-postgresql's ``PostgreSQLExecutor``), started on first use (as
+    an unprivileged user under root) and stopped at the end of the run;
+    shared by pytest-xdist's workers. It has ``host``, ``port``, ``user``,
+    ``password``, ``datadir``, ``logfile``, ``unixsocketdir`` and
+    ``admin_dsn``. With ``--pgstore-dsn``, nothing is started: the given
+    server as pytest-postgresql's ``NoopExecutor`` (``host``, ``port``,
+    ``user``, ``password``, ``version``) with ``admin_dsn``, the DSN given."""
+    from .server import GivenServer, shared_server
 
-    from pyramid_pgstore.localdb import PG_CTL_ENV, RUN_AS_ENV
-
-    from .server import shared_server
-
-    pg_ctl = _pg_ctl(request.config)
-    run_as = _run_as(request.config)
-    # For pgstore-pg-ctl, in every process: a test may stop and start the server.
-    os.environ[PG_CTL_ENV] = pg_ctl
-    if run_as:
-        os.environ[RUN_AS_ENV] = run_as
-    return shared_server(_server_dir(request.config), os.path.dirname(pg_ctl), run_as)
+    given = _option(request.config, "dsn")
+    if given:
+        return GivenServer(given)
+    try:
+        return shared_server(
+            _server_dir(request.config), lambda: _server_settings(request), _run_as(request.config)
+        )
+    except RuntimeError as exc:
+        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
 
 
 @dataclass(frozen=True)
@@ -122,33 +170,55 @@ class Server:
         return as_url(self.dsn)
 
 
-def _dsn_with_dbname(dsn: str, dbname: str) -> str:
-    from psycopg2.extensions import make_dsn
-
-    return make_dsn(dsn, dbname=dbname)
-
-
 @pytest.fixture(scope="session")
-def pgstore_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+def pgstore_server(
+    request: pytest.FixtureRequest, pgstore_proc: ThrowawayServer | GivenServer
+) -> Iterator[Server]:
     """A PostgreSQL server and a database of its own for this test session.
 
     The throwaway server (``pgstore_proc``) unless ``--pgstore-dsn`` names
-    one. Under pytest-xdist every worker has a database of its own on it.
+    one. Under pytest-xdist every worker has a database of its own on it,
+    created and dropped by pytest-postgresql's janitor. With
+    ``--pgstore-citus``, a Citus database (see :mod:`pytest_pgstore.citus`).
     """
-    import psycopg2
+    from psycopg2.extensions import make_dsn
 
-    admin_dsn = _option(request.config, "dsn") or request.getfixturevalue("pgstore_proc").admin_dsn
     dbname = f"pgstore_test_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
+    if request.config.getoption("pgstore_citus") or request.config.getini("pgstore_citus"):
+        yield from _citus_server(request.config, pgstore_proc.admin_dsn, dbname)
+        return
+    from .janitor import RunDatabase
+
+    database = RunDatabase(pgstore_proc.admin_dsn, dbname)
+    database.init()
+    yield Server(
+        admin_dsn=pgstore_proc.admin_dsn, dsn=make_dsn(pgstore_proc.admin_dsn, dbname=database.dbname)
+    )
+    database.drop()
+
+
+def _citus_server(config: pytest.Config, admin_dsn: str, dbname: str) -> Iterator[Server]:
+    from psycopg2.extensions import make_dsn
+
+    from pyramid_pgstore import testing
+
+    from . import citus
+
+    if not _option(config, "dsn"):
+        pytest.fail("pytest_pgstore: --pgstore-citus needs --pgstore-dsn (the coordinator)", pytrace=False)
     try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{dbname}"')
-        yield Server(admin_dsn=admin_dsn, dsn=_dsn_with_dbname(admin_dsn, dbname))
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        citus.create_database(admin_dsn, dbname)
+    except Exception as exc:
+        pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
+    testing.table_hooks.append(citus.distribute)
+    try:
+        yield Server(admin_dsn=admin_dsn, dsn=make_dsn(admin_dsn, dbname=dbname))
     finally:
-        admin.close()
+        testing.table_hooks.remove(citus.distribute)
+        citus.drop_database(admin_dsn, dbname)
+
+
+# -- per test: an emptied database, and stores on it -----------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +245,29 @@ def _pgstore_janitor(pgstore_server: Server) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying: str) -> Iterator[str]:
+def _pgstore_emptied(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying: str) -> str:
+    """This run's database, emptied (``--pgstore-empty``) for the test."""
+    from .janitor import empty
+
+    problem = empty(_pgstore_janitor, _pgstore_emptying)
+    if problem:
+        pytest.fail(f"pytest_pgstore: {problem}", pytrace=False)
+    return pgstore_server.dsn
+
+
+@pytest.fixture(autouse=True)
+def _pgstore_isolation(request: pytest.FixtureRequest) -> None:
+    """Every test that reaches this run's database only through a
+    session-scoped fixture (``pgstore_server``, in an app's settings built
+    once per run) starts with it emptied too, as one asking for
+    ``pgstore_dsn`` does: no session rows carry over from one test to the
+    next. Costs nothing in a test that uses no ``pgstore_`` fixture."""
+    if "pgstore_server" in request.fixturenames:
+        request.getfixturevalue("_pgstore_emptied")
+
+
+@pytest.fixture
+def pgstore_dsn(_pgstore_emptied: str, pgstore_server: Server) -> Iterator[str]:
     """DSN of a database whose tables are all empty when the test starts
     (with ``--pgstore-empty=sessions``: only pyramid_pgstore's tables).
 
@@ -184,16 +276,12 @@ def pgstore_dsn(pgstore_server: Server, _pgstore_janitor: Any, _pgstore_emptying
     too, unless ``--pgstore-empty=sessions``. Stores built on it during the
     test (an app made from ``pgstore_settings``, say), or on
     ``pgstore_pgbouncer_dsn``, are closed after it, so no test leaks
-    connections into the next.
+    connections into the next. (A test that uses the database only through
+    ``pgstore_server`` gets it emptied too, and its stores are left open.)
     """
     from pyramid_pgstore import testing
 
-    from .janitor import empty
-
-    problem = empty(_pgstore_janitor, _pgstore_emptying)
-    if problem:
-        pytest.fail(f"pytest_pgstore: {problem}", pytrace=False)
-    yield pgstore_server.dsn
+    yield _pgstore_emptied
     testing.close_stores({pgstore_server.dsn, *_BOUNCER_DSNS})
 
 
@@ -227,20 +315,29 @@ def pgstore_settings(pgstore_dsn: str) -> dict[str, str]:
 
 
 def _pg_ctl(config: pytest.Config) -> str:
-    """PostgreSQL's pg_ctl (``--pgstore-pg-bindir``, else found); fails the test without it."""
-    from pyramid_pgstore.localdb import find_pg_ctl
+    """PostgreSQL's pg_ctl: in ``--pgstore-pg-bindir`` if given, else
+    ``--postgresql-exec`` (``postgresql_exec``) if that program is there,
+    else found (:func:`~pytest_pgstore.localdb.find_pg_ctl`); fails the test without it."""
+    from .localdb import find_pg_ctl
 
+    bindir = _option(config, "pg_bindir")
+    executable = config.getoption("postgresql_exec") or config.getini("postgresql_exec")
+    if not bindir and executable and os.access(executable, os.X_OK):
+        return str(executable)
     try:
-        return find_pg_ctl(_option(config, "pg_bindir"))
+        return find_pg_ctl(bindir)
     except FileNotFoundError as exc:
         pytest.fail(f"pytest_pgstore: {exc}", pytrace=False)
 
 
 def _run_as(config: pytest.Config) -> str | None:
     """Under root, the user that runs the server and pgbouncer; else None."""
-    from pyramid_pgstore.localdb import run_as_user
+    from .localdb import run_as_user
 
     return run_as_user(_option(config, "run_as"))
+
+
+# -- PgBouncer in front of the run's server --------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -320,6 +417,9 @@ def pgstore_pgbouncer_store(pgstore_pgbouncer_dsn: str, pgstore_dsn: str) -> Ite
     store.close()
 
 
+# -- sessions and the clock ------------------------------------------------------------
+
+
 @pytest.fixture
 def pgstore_sessions(pgstore_dsn: str) -> TestSessions:
     """Stored sessions for a WebTest app, without going through its views:
@@ -360,10 +460,13 @@ def pgstore_clock() -> Iterator[StoreClock]:
     testing.reset_clock()
 
 
+# -- servers of a test's own: replica pairs --------------------------------------------
+
+
 @pytest.fixture
 def pgstore_replica_pair_factory(request: pytest.FixtureRequest) -> Iterator[Any]:
     """``make(synchronous=False, ...)`` starts a primary and a streaming replica (a ``ReplicaPair``
-    of ``pyramid_pgstore.localpair``), stopped after the test; skipped without ``pg_basebackup``."""
+    of ``pytest_pgstore.localpair``), stopped after the test; skipped without ``pg_basebackup``."""
     from .replication import pair_factory
 
     bindir = os.path.dirname(_pg_ctl(request.config))

@@ -1,5 +1,5 @@
 """The ``pgstore_replica_pair`` fixtures: a primary and a streaming replica
-(:class:`pyramid_pgstore.localpair.ReplicaPair`) started for a test and
+(:class:`pytest_pgstore.localpair.ReplicaPair`) started for a test and
 stopped after it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pyramid_pgstore.localpair import ReplicaPair
+from .localpair import ReplicaPair
 
 
 def pair_factory(bindir: str, run_as: str | None, tmp: pytest.TempPathFactory) -> Iterator[Callable]:

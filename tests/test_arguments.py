@@ -180,7 +180,7 @@ def test_a_malformed_dsn_never_shows_its_password_at_include_or_in_code(all_logs
 def test_a_malformed_dsn_never_shows_its_password_in_the_scripts(all_logs, tmp_path, capsys, script, case):
     dsn, pieces = MALFORMED[case]
     path = tmp_path / "app.ini"
-    path.write_text(f"[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = {dsn.replace('%', '%%')}\n")
+    path.write_text(f"[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = {dsn.replace('%', '%%')}\n")
     assert script.main(["script", str(path)]) == 2
     out, err = capsys.readouterr()
     assert "pgstore.dsn" in err
@@ -192,7 +192,7 @@ def test_a_percent_in_the_password_is_not_printed_by_the_scripts(tmp_path, capsy
     dsn = "host=x user=u password=pa%ss-word-secret dbname=y"
     path = tmp_path / "app.ini"
     in_file = dsn if where == "ini file" else "dbname=y"
-    path.write_text(f"[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = {in_file}\n")
+    path.write_text(f"[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = {in_file}\n")
     extra = [f"pgstore.dsn={dsn}"] if where == "command line" else []
     schema.main(["pgstore-schema", str(path), *extra])
     assert_hidden(capsys.readouterr().err, ["ss-word-secret"])
@@ -214,7 +214,7 @@ def test_a_refused_connection_never_shows_the_password(all_logs, pgstore_setting
 @pytest.mark.parametrize("script", [cleanup, schema], ids=["pgstore-cleanup", "pgstore-schema"])
 def test_a_refused_connection_never_shows_the_password_in_the_scripts(all_logs, tmp_path, capsys, script):
     path = tmp_path / "app.ini"
-    path.write_text(f"[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = {REFUSED['url']}\n")
+    path.write_text(f"[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = {REFUSED['url']}\n")
     assert script.main(["script", str(path)]) == 1
     out, err = capsys.readouterr()
     assert "cannot connect" in err

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import webtest
 
-from pyramid_pgstore.demo import main
-from pyramid_pgstore.demo.agents import browser_name
-from pyramid_pgstore.localdb import LocalPostgres
+from demo import main
+from demo.agents import browser_name
+from pytest_pgstore.localdb import LocalPostgres
 
 ROOT = Path(__file__).parent.parent
 
@@ -312,7 +312,7 @@ class DemoProcess:
         ignore_hangup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
         self.url, self.env = f"http://127.0.0.1:{port}/", env
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
+            [sys.executable, str(ROOT / "demo" / "serve.py"), "development.ini"],
             cwd=directory,
             env=env,
             stdout=subprocess.PIPE,
@@ -384,7 +384,7 @@ def test_make_demo_after_a_killed_run_stops_its_postgresql_and_serves_and_sighup
     try:
         assert 'id="visits">1<' in again.get()
         second = subprocess.run(
-            [sys.executable, "-m", "pyramid_pgstore.demo.serve", "development.ini"],
+            [sys.executable, str(ROOT / "demo" / "serve.py"), "development.ini"],
             cwd=directory,
             env=again.env,
             capture_output=True,
@@ -430,3 +430,40 @@ def test_a_stale_pid_file_naming_another_process_is_not_taken_for_the_server(tmp
     finally:
         other.kill()
         other.wait()
+
+
+def test_keep_me_signed_in_gives_a_cookie_that_outlives_the_browser(demo, pgstore_clock):
+    form = demo.get("/").forms["login"]
+    form["user"] = "ann"
+    form["keep"] = True
+    response = form.submit()
+    (cookie,) = [h for h in response.headers.getall("Set-Cookie") if h.startswith("session=")]
+    assert "Max-Age=2592000" in cookie
+    assert "30 days" in response.follow().text
+    pgstore_clock.advance(2 * 86400)  # far past the default 20 minutes without use
+    assert shown(demo.get("/"), "user") == "ann"
+
+
+def test_without_the_box_the_session_is_a_browser_session(demo, pgstore_clock):
+    response = log_in(demo, "ann")
+    assert shown(response, "user") == "ann"
+    pgstore_clock.advance(1201)
+    assert shown(demo.get("/"), "user") == "nobody"
+
+
+def test_your_sessions_shows_each_lifetime_and_the_sign_in_notices(demo):
+    user = "lifetimes-" + os.urandom(4).hex()  # the notices are kept per process, by user
+    laptop = device(demo, FIREFOX, ip="198.51.100.7")
+    form = laptop.get("/").forms["login"]
+    form["user"] = user
+    form["keep"] = True
+    form.submit()
+    phone = device(demo, CHROME)
+    log_in(phone, user)
+    page = phone.get("/sessions")
+    lifetimes = re.findall(r'<td class="lifetime">([^<]*)</td>', page.text)
+    assert sorted(lifetimes) == ["20 minutes without use", "30 days without use (kept signed in)"]
+    notices = re.findall(r'<li class="sign-in">([^<]*)</li>', page.text)
+    assert len(notices) == 2
+    assert "a sign-in on Chrome on Linux" in notices[0]  # the newest first
+    assert "a sign-in on Firefox on Windows from 198.51.100.7" in notices[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from served import Served
 
-from pyramid_pgstore.demo import main
+from demo import main
 
 CHROMIUM_NAMES = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
 CHROMEDRIVER_NAMES = ["chromedriver"]

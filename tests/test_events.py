@@ -10,13 +10,11 @@ import threading
 import pytest
 import sqlalchemy
 import webtest
-import zope.sqlalchemy
-from db import sql
+from db import add_dbsession, sql
 from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
 from served import Served
-from sqlalchemy.orm import sessionmaker
 
 from pyramid_pgstore import (
     SessionEnded,
@@ -96,14 +94,7 @@ def make_app(settings, tm=False, engine=None):
         config.include("pyramid_tm")
     config.include("pyramid_pgstore")
     if engine is not None:
-        factory = sessionmaker(bind=engine)
-
-        def dbsession(request):
-            session = factory()
-            zope.sqlalchemy.register(session, transaction_manager=request.tm)
-            return session
-
-        config.add_request_method(dbsession, reify=True)
+        add_dbsession(config, engine)
     heard = Heard(config)
     for view in VIEWS:
         config.add_route(view.__name__, f"/{view.__name__}")

@@ -19,7 +19,7 @@ from pyramid.view import exception_view_config
 from served import Client, Served
 
 from pyramid_pgstore import PGStore, StoreUnavailable, get_store
-from pyramid_pgstore.localdb import LocalPostgres
+from pytest_pgstore.localdb import LocalPostgres
 
 
 @pytest.fixture(scope="module")

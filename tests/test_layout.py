@@ -4,9 +4,11 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 PACKAGES = ("pyramid_pgstore", "pytest_pgstore")
-TEST_ONLY = ("pytest", "_pytest", "pytest_pgstore", "pytest_postgresql", "webtest")
+TEST_ONLY = ("pytest", "_pytest", "pytest_pgstore", "pytest_postgresql", "webtest", "demo")
 
 
 def modules(package):
@@ -36,15 +38,16 @@ def imports(name, path):
     return found
 
 
-def internal_graph():
-    product = modules("pyramid_pgstore")
+def internal_graph(package="pyramid_pgstore"):
+    """Module -> the modules of the same package it imports."""
+    own = modules(package)
     graph = {}
-    for name, path in product.items():
+    for name, path in own.items():
         targets = set()
         for module, imported in imports(name, path):
-            if f"{module}.{imported}" in product:
+            if f"{module}.{imported}" in own:
                 targets.add(f"{module}.{imported}")
-            elif module in product:
+            elif module in own:
                 targets.add(module)
         graph[name] = targets - {name}
     return graph
@@ -63,11 +66,12 @@ def test_every_module_is_in_the_readme_layout():
             assert relative in listed or folder in listed, f"{relative} is not in the README's Layout"
 
 
-def test_every_module_imports_only_modules_above_it_in_the_readme_layout():
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_module_imports_only_modules_above_it_in_the_readme_layout(package):
     readme = (ROOT / "README.rst").read_text(encoding="utf-8")
     layout = readme[readme.index("\nLayout\n") :]
     order = []
-    for path in re.findall(r"^``(pyramid_pgstore/[\w/.]*)``", layout, flags=re.MULTILINE):
+    for path in re.findall(rf"^``({package}/[\w/.]*)``", layout, flags=re.MULTILINE):
         order.append(path.removesuffix(".py").removesuffix("/").removesuffix("/__init__").replace("/", "."))
     rank = {name: position for position, name in enumerate(order)}
 
@@ -77,10 +81,10 @@ def test_every_module_imports_only_modules_above_it_in_the_readme_layout():
             module = module.rpartition(".")[0]
         return module
 
-    for name, targets in internal_graph().items():
-        if name == "pyramid_pgstore":
+    for name, targets in internal_graph(package).items():
+        if name == package:
             continue  # the public face imports from every layer
-        for target in targets - {"pyramid_pgstore"}:
+        for target in targets - {package}:
             if listed_as(target) == listed_as(name):
                 continue  # within one listed folder
             assert rank[listed_as(target)] < rank[listed_as(name)], (
@@ -88,8 +92,9 @@ def test_every_module_imports_only_modules_above_it_in_the_readme_layout():
             )
 
 
-def test_the_package_imports_have_no_cycle():
-    graph = internal_graph()
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_package_imports_have_no_cycle(package):
+    graph = internal_graph(package)
     done, path = set(), []
 
     def visit(node):
@@ -99,7 +104,7 @@ def test_the_package_imports_have_no_cycle():
             return
         path.append(node)
         for target in sorted(graph[node]):
-            if target != "pyramid_pgstore":  # importing the package itself means its public names
+            if target != package:  # importing the package itself means its public names
                 visit(target)
         path.pop()
         done.add(node)

@@ -1,6 +1,6 @@
 """Many app servers, one session store: three separate waitress processes.
 
-Each process (pyramid_pgstore/demo/api.py) has its own interpreter and its own pool
+Each process (demo/api.py) has its own interpreter and its own pool
 on one database, straight to PostgreSQL or through PgBouncer in transaction
 mode. A client with one cookie jar moves between them the way a load
 balancer without sticky sessions would send it. The processes are started
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg2
 import pytest
 
-from pyramid_pgstore.demo import api as wsgi_server
+from demo import api as wsgi_server
 
 
 @pytest.fixture(scope="module", params=["direct", "pgbouncer"])

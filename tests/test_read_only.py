@@ -11,7 +11,7 @@ import psycopg2.extensions
 import pytest
 
 from pyramid_pgstore import PGStore, StoreUnavailable
-from pyramid_pgstore.localdb import LocalPostgres
+from pytest_pgstore.localdb import LocalPostgres
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from pyramid_pgstore.localdb import find_pg_ctl
-from pyramid_pgstore.localpair import wait_until
+from pytest_pgstore.localdb import find_pg_ctl
+from pytest_pgstore.localpair import wait_until
 
 NOT_REPLICATED = (
     "DETAIL:  The transaction has already committed locally, but might not have been replicated to the"

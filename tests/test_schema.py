@@ -56,7 +56,7 @@ def old_table(no_table):
 @pytest.fixture
 def ini(tmp_path, pgstore_dsn):
     path = tmp_path / "app.ini"
-    path.write_text(f"[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = {pgstore_dsn}\n")
+    path.write_text(f"[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = {pgstore_dsn}\n")
     return str(path)
 
 
@@ -312,7 +312,7 @@ def test_an_unknown_option_is_a_usage_error(ini, capsys):
 def test_an_unreachable_database_exits_1(tmp_path, capsys):
     path = tmp_path / "down.ini"
     path.write_text(
-        "[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = host=127.0.0.1 port=9 user=x dbname=x\n"
+        "[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = host=127.0.0.1 port=9 user=x dbname=x\n"
     )
     assert main(["pgstore-schema", str(path)]) == 1
     err = capsys.readouterr().err

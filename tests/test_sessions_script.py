@@ -31,7 +31,7 @@ def router(pgstore_settings):
 @pytest.fixture
 def ini(tmp_path, pgstore_dsn):
     path = tmp_path / "app.ini"
-    path.write_text(f"[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = {pgstore_dsn}\n")
+    path.write_text(f"[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = {pgstore_dsn}\n")
     return str(path)
 
 
@@ -97,7 +97,7 @@ def test_usage_errors_exit_2(ini, capsys, argv):
 def test_an_unreachable_database_exits_1(tmp_path, capsys):
     path = tmp_path / "down.ini"
     path.write_text(
-        "[app:main]\nuse = egg:pyramid_pgstore\npgstore.dsn = host=127.0.0.1 port=9 user=x dbname=x\n"
+        "[app:main]\nuse = egg:WebTest#debug\npgstore.dsn = host=127.0.0.1 port=9 user=x dbname=x\n"
     )
     assert main(["pgstore-sessions", str(path), "revoke", "42"]) == 1
     err = capsys.readouterr().err

@@ -66,6 +66,7 @@ CONFIGURED = {
     "serializer": ("json", json),
     "failover_timeout": ("2.5", 2.5),
     "commit_timeout": ("none", None),
+    "distributed": ("yes", True),
 }
 
 
@@ -125,6 +126,7 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
         "serializer": None,
         "failover_timeout": 5.0,
         "commit_timeout": 10.0,
+        "distributed": None,
     }
 
 
@@ -135,6 +137,12 @@ def test_the_defaults_are_the_documented_ones(pgstore_dsn):
 def test_booleans_are_spelled_as_in_ini_files(raw, expected):
     parsed = parse_settings({"pgstore.dsn": "dbname=x", "pgstore.secret": LONG_SECRET, "pgstore.secure": raw})
     assert parsed.cookie.secure is expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("auto", None), (" AUTO ", None), ("1", True), ("off", False)])
+def test_distributed_is_auto_or_a_boolean(raw, expected):
+    parsed = parse_settings({"pgstore.dsn": "dbname=x", "pgstore.distributed": raw}, need_secret=False)
+    assert parsed.store.distributed is expected
 
 
 @pytest.mark.parametrize("name", ["timeout", "reissue_time", "max_age"])
@@ -174,6 +182,7 @@ BAD = {
     "nan timeout": ({"pgstore.timeout": "nan"}, "pgstore.timeout"),
     "nan pool_timeout": ({"pgstore.pool_timeout": "nan"}, "pgstore.pool_timeout"),
     "prepare_statements maybe": ({"pgstore.prepare_statements": "maybe"}, "pgstore.prepare_statements"),
+    "distributed maybe": ({"pgstore.distributed": "maybe"}, "pgstore.distributed"),
     "reissue_time over timeout": (
         {"pgstore.timeout": "60", "pgstore.reissue_time": "60"},
         "pgstore.reissue_time",

@@ -8,8 +8,7 @@ import psycopg2
 import pytest
 import sqlalchemy
 import webtest
-import zope.sqlalchemy
-from db import sql
+from db import add_dbsession, sql
 from pyramid.authentication import SessionAuthenticationHelper
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
@@ -17,7 +16,7 @@ from pyramid.httpexceptions import HTTPFound
 from pyramid.interfaces import ISessionFactory
 from pyramid.view import exception_view_config
 from sqlalchemy import Column, Integer, MetaData, Text
-from sqlalchemy.orm import declarative_base, sessionmaker
+from sqlalchemy.orm import declarative_base
 
 from pyramid_pgstore import (
     PGStore,
@@ -121,14 +120,7 @@ def make_app(settings):
 
         engine = engine_for(config.registry, "sqlalchemy.")
         Base.metadata.create_all(engine)
-        factory = sessionmaker(bind=engine)
-
-        def dbsession(request):
-            session = factory()
-            zope.sqlalchemy.register(session, transaction_manager=request.tm)
-            return session
-
-        config.add_request_method(dbsession, reify=True)
+        add_dbsession(config, engine)
         for view in (login, logout, renew, whoami, become, note, devices, revoke, revoke_others):
             config.add_route(view.__name__, f"/{view.__name__}")
             config.add_view(view, route_name=view.__name__, renderer="json")

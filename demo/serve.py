@@ -2,12 +2,12 @@
 
 When neither ``pgstore.dsn`` in the ini file nor ``$PGSTORE_DSN`` names a
 database, this starts a PostgreSQL server of its own
-(:class:`~pyramid_pgstore.localdb.LocalPostgres`), with its data under
-``./var/pg`` (kept between runs), as an unprivileged user when run as root,
-and stops it when the server exits (Ctrl-C, SIGTERM, or SIGHUP when its
-terminal closes).
+(:class:`~pytest_pgstore.localdb.LocalPostgres`, from the test tooling), with
+its data under ``./var/pg`` (kept between runs), as an unprivileged user when
+run as root, and stops it when the server exits (Ctrl-C, SIGTERM, or SIGHUP
+when its terminal closes).
 
-Usage: python -m pyramid_pgstore.demo.serve [development.ini]
+Usage: python demo/serve.py [development.ini]
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ from pathlib import Path
 from pyramid.paster import get_appsettings
 from pyramid.scripts import pserve
 
-from pyramid_pgstore.localdb import LocalPostgres
+from pytest_pgstore.localdb import LocalPostgres
+
+# development.ini's app is this folder's package (use = call:demo:main): the
+# checkout is made importable, after the installed packages.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 DATABASE = "pgstore_demo"
 

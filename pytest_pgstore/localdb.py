@@ -1,4 +1,4 @@
-"""A local PostgreSQL server for development: the demo, the benchmarks, the tests.
+"""A local PostgreSQL server for development: the demo, the benchmarks, the replica pairs.
 
 PostgreSQL refuses to run as root, and containers and CI often run as root.
 Started by root, every server program here runs as an unprivileged user
@@ -6,13 +6,15 @@ Started by root, every server program here runs as an unprivileged user
 ``nobody``), which is given the server's directory. Started by anyone else,
 the programs simply run.
 
-* :class:`LocalPostgres` makes a cluster in a directory, starts, stops and
-  restarts it, and creates databases: ``make demo`` and ``bench/`` use it.
-* ``pgstore-pg-ctl`` (:func:`pg_ctl_main`) is ``pg_ctl`` behind the same
-  rule, for tools that start a server through one executable
-  (pytest-postgresql, in ``pytest_pgstore``).
+:class:`LocalPostgres` makes a cluster in a directory that it keeps, starts,
+stops and restarts it, runs the other server programs (``pg_basebackup``,
+``pg_rewind``) as the server's user, and creates databases: ``make demo``,
+``bench/`` and :mod:`pytest_pgstore.localpair` use it. The pytest plugin's
+throwaway server is pytest-postgresql's executor instead
+(:mod:`pytest_pgstore.server`), which uses the helpers here for root.
 
-Nothing here is used by the session store itself.
+Development and test tooling: the session store (``pyramid_pgstore``) never
+imports it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,6 @@ from typing import Any
 import psycopg2
 
 RUN_AS_ENV = "PGSTORE_RUN_AS"
-PG_CTL_ENV = "PGSTORE_PG_CTL"
 BINDIR_ENV = "PGSTORE_PG_BINDIR"
 
 
@@ -176,9 +176,15 @@ class LocalPostgres:
 
     def run(self, program: str, *args: str, check: bool = True, timeout: float = 120) -> str:
         """Run one of the server programs (``pg_ctl``, ``pg_basebackup``, ...)
-        as the server's user; return what it printed."""
+        as the server's user; return what it printed.
+
+        Under root the path to the server's directory is opened again first:
+        a pytest run started meanwhile as root resets its temporary root
+        (``/tmp/pytest-of-root``) to 0700, which would lock the server's user
+        out of a cluster kept under ``tmp_path``."""
         kwargs: dict[str, Any] = {}
         if self.run_as is not None:
+            open_path_to(self.base)
             account = pwd.getpwnam(self.run_as)
             kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
         done = subprocess.run(  # noqa: S603 - our own arguments
@@ -304,60 +310,3 @@ class LocalPostgres:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-# -- pgstore-pg-ctl -----------------------------------------------------------
-
-
-def _data_dir(args: list[str]) -> Path | None:
-    """The data directory named by ``initdb --pgdata X`` or ``start -D X``."""
-    for flag in ("--pgdata", "-D"):
-        if flag in args[:-1]:
-            return Path(args[args.index(flag) + 1])
-    return None
-
-
-def pg_ctl_main(argv: list[str] | None = None) -> None:
-    """``pgstore-pg-ctl ARGS``: ``$PGSTORE_PG_CTL ARGS``, as the
-    ``$PGSTORE_RUN_AS`` user when started by root.
-
-    The path to the data directory is opened again on every call, not only
-    at initdb: a pytest run started meanwhile resets its temporary root to
-    0700, which would lock pg_ctl out of the server it must later query and
-    stop.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["-h"], ["--help"]):
-        print(
-            "usage: pgstore-pg-ctl PG_CTL_ARGUMENTS...\n\n"
-            f"Runs ${PG_CTL_ENV} (the real pg_ctl) with the arguments; started by root\n"
-            f"with ${RUN_AS_ENV} set, as that user, after giving it the data directory's\n"
-            "parent. For tools that start PostgreSQL through one executable\n"
-            "(pytest-postgresql); pyramid_pgstore.localdb.LocalPostgres needs none."
-        )
-        return
-    pg_ctl = os.environ.get(PG_CTL_ENV)
-    if not pg_ctl:
-        sys.exit(f"pgstore-pg-ctl: set {PG_CTL_ENV} to the path of PostgreSQL's pg_ctl")
-    run_as = os.environ.get(RUN_AS_ENV)
-    if os.geteuid() == 0 and run_as:
-        try:
-            user = pwd.getpwnam(run_as)
-        except KeyError:
-            sys.exit(f"pgstore-pg-ctl: no user {run_as!r} to run PostgreSQL as (see --pgstore-run-as)")
-        data_dir = _data_dir(args)
-        workdir = data_dir.resolve().parent if data_dir is not None else None
-        if workdir is not None:
-            open_path_to(workdir)
-            if args[0] == "initdb":
-                os.chown(workdir, user.pw_uid, user.pw_gid)
-        os.setgroups([])
-        os.setgid(user.pw_gid)
-        os.setuid(user.pw_uid)
-        # pg_ctl and postgres look at their working directory, which root's may hide.
-        os.chdir(workdir or "/")
-    os.execv(pg_ctl, [pg_ctl, *args])  # noqa: S606 - replacing this process is the point
-
-
-if __name__ == "__main__":
-    pg_ctl_main()

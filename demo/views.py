@@ -4,11 +4,16 @@ unreachable store.
 
 Logging in and out is Pyramid's own ``remember()`` / ``forget()`` (through
 the :class:`~pyramid.authentication.SessionAuthenticationHelper` security
-policy in :func:`pyramid_pgstore.demo.main`): the store does the rest.
+policy in :func:`demo.main`): the store does the rest.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict, deque
+from datetime import UTC, datetime
+
+from pyramid.events import subscriber
 from pyramid.exceptions import BadCSRFOrigin, BadCSRFToken
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.request import Request
@@ -17,6 +22,7 @@ from pyramid.security import forget, remember
 from pyramid.view import exception_view_config, view_config
 
 from pyramid_pgstore import (
+    SessionOwnerChanged,
     SessionTooLarge,
     StoreUnavailable,
     get_store,
@@ -26,10 +32,32 @@ from pyramid_pgstore import (
 )
 
 from . import pages
+from .agents import browser_name
 
 # The "Set value" form takes this many characters, more than the default
 # max_length (4096 bytes), so that the limit can be hit from the form too.
 MAX_VALUE = 10_000
+KEEP_SIGNED_IN = 30 * 86400  # seconds: the "Keep me signed in" box
+
+# Each user's last sign-in notices, as an app would mail them: kept in this
+# process only (a demo), ten at most per user.
+SIGN_INS: defaultdict[str, deque[str]] = defaultdict(lambda: deque(maxlen=10))
+_SIGN_INS_LOCK = threading.Lock()
+
+
+@subscriber(SessionOwnerChanged)
+def new_sign_in(event: SessionOwnerChanged) -> None:
+    """A "new sign-in to your account" notice, told once the login is stored."""
+    if event.userid is None:  # a logout
+        return
+    request = event.request
+    agent = getattr(request, "user_agent", None)
+    notice = (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: a sign-in on {browser_name(agent)}"
+        f" from {getattr(request, 'client_addr', None) or 'an unknown address'}"
+    )
+    with _SIGN_INS_LOCK:
+        SIGN_INS[event.userid].appendleft(notice)
 
 
 def _page(request: Request, title: str, body: str, status: int = 200) -> Response:
@@ -124,8 +152,12 @@ def login(request: Request) -> HTTPSeeOther:
     planted before login is worthless after it) and keeps its data."""
     user = request.POST.get("user", "").strip()[:50] or "guest"
     remember(request, user)
+    keep = bool(request.POST.get("keep"))
+    # 30 days on this device, or the default (a browser session, 20 minutes without use).
+    request.session.set_expiry(KEEP_SIGNED_IN if keep else None)
     kept = " The value you stored before is still here." if "value" in request.session else ""
-    request.session.flash(f"Welcome, {user}: your session has a new id and kept its data.{kept}")
+    how_long = " You stay signed in on this device for 30 days." if keep else ""
+    request.session.flash(f"Welcome, {user}: your session has a new id and kept its data.{kept}{how_long}")
     return _back(request)
 
 
@@ -151,7 +183,16 @@ def sessions(request: Request) -> Response:
         body = pages.anonymous_sessions(notices_html=notices_html, home_url=request.route_url("home"))
     else:
         found = list_sessions(request)
-        body = pages.sessions(notices_html=notices_html, user=user, found=found, csrf=_csrf(request))
+        with _SIGN_INS_LOCK:
+            sign_ins = list(SIGN_INS.get(user, ()))
+        body = pages.sessions(
+            notices_html=notices_html,
+            user=user,
+            found=found,
+            csrf=_csrf(request),
+            default_lifetime=type(request.session).lifetime.ttl,
+            sign_ins=sign_ins,
+        )
     return _page(request, "Your sessions", body)
 
 

@@ -1,11 +1,10 @@
 """A local PostgreSQL primary and its streaming replica, for testing failover.
 
-Development tooling like :mod:`pyramid_pgstore.localdb` (which it builds
-on), never used by the store: ``pytest_pgstore``'s
+Test tooling like :mod:`pytest_pgstore.localdb` (which it builds on): the
 ``pgstore_replica_pair`` fixtures and ``bench/soak.py --failover`` run it.
 
 :class:`ReplicaPair` runs two throwaway servers (:class:`Node`, a
-:class:`~pyramid_pgstore.localdb.LocalPostgres`; under root they run as the
+:class:`~pytest_pgstore.localdb.LocalPostgres`; under root they run as the
 unprivileged user): ``pgstore_node1`` starts as the primary and
 ``pgstore_node2`` is made from it with ``pg_basebackup`` and streams its
 write-ahead log. Its methods do to the pair what happens to one in
@@ -31,7 +30,7 @@ from typing import Any
 
 import psycopg2
 
-from pyramid_pgstore.localdb import LocalPostgres, free_port, hand_over, query
+from .localdb import LocalPostgres, free_port, hand_over, query
 
 DEFAULT_DBNAME = "pgstore_failover"
 

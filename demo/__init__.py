@@ -1,14 +1,15 @@
 """A small demo app: every session feature on plain HTML pages.
 
-``pserve development.ini`` serves it (``use = egg:pyramid_pgstore``). When
-``pgstore.dsn`` is empty, the DSN comes from ``$PGSTORE_DSN``, which
-``make demo`` sets to the local server it starts.
+A folder of the checkout, not part of the installed package: ``make demo``
+(``demo/serve.py``) or ``pserve development.ini`` from the checkout serves it
+(``use = call:demo:main``). When ``pgstore.dsn`` is empty, the DSN comes from
+``$PGSTORE_DSN``, which ``make demo`` sets to the local server it starts.
 
 The demo page (``/``) shows a visit counter, a stored value, flash messages
 and logging in and out; "Your sessions" (``/sessions``) lists the devices of
 the logged-in user and signs them out. The views are in
-:mod:`~pyramid_pgstore.demo.views`, their HTML in
-:mod:`~pyramid_pgstore.demo.pages`.
+:mod:`~demo.views`, their HTML in
+:mod:`~demo.pages`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class SessionSecurityPolicy:
 
 
 def main(global_config: dict, **settings: str) -> object:
-    """The WSGI app (``paste.app_factory``)."""
+    """The WSGI app (``use = call:demo:main`` in development.ini)."""
     if not settings.get("pgstore.dsn"):
         settings["pgstore.dsn"] = os.environ.get("PGSTORE_DSN", "")
     with Configurator(settings=settings) as config:

@@ -1,6 +1,6 @@
 """The demo's HTML: plain pages, every value escaped here.
 
-The views (:mod:`pyramid_pgstore.demo.views`) hand these functions plain
+The views (:mod:`demo.views`) hand these functions plain
 values; nothing they pass is trusted to be HTML.
 """
 
@@ -41,10 +41,14 @@ HOME = """<h1>pyramid_pgstore demo</h1>
 <form id="flash" method="post" action="/flash">{csrf}
 <input name="message" placeholder="a message"> <button>Flash it</button></form>
 <form id="login" method="post" action="/login">{csrf}
-<input name="user" placeholder="a name"> <button>Log in (new session id, data kept)</button></form>
+<input name="user" placeholder="a name">
+<label><input type="checkbox" name="keep" value="1"> Keep me signed in (30 days)</label>
+<button>Log in (new session id, data kept)</button></form>
 <p class="note">Logging in gives the session a new id but keeps its data: a value set
 before is still here after (<code>pgstore.renew_on_login</code>). The view only calls
-Pyramid's <code>remember()</code>.</p>
+Pyramid's <code>remember()</code>, and <code>request.session.set_expiry()</code> when the
+box is ticked: the session then lives 30 days without use, and its cookie outlives the
+browser.</p>
 <form id="logout" method="post" action="/logout">{csrf}<button>Log out (session deleted)</button></form>
 <p class="note">Every form carries a CSRF token; a post without it is refused.</p>
 """
@@ -56,9 +60,10 @@ SESSIONS = """<h1>Your sessions</h1>
 {notices}
 <p>Signed in as <strong id="user">{user}</strong> on {count}.</p>
 <table id="sessions">
-<tr><th>Browser</th><th>IP</th><th>Created</th><th>Last seen</th><th></th></tr>
+<tr><th>Browser</th><th>IP</th><th>Created</th><th>Last seen</th><th>Lifetime</th><th></th></tr>
 {rows}
 </table>
+{sign_ins}
 <form id="sign-out-others" method="post" action="/sessions/sign-out-others">{csrf}
 <button>Sign out all other devices</button></form>
 <p class="note">Each row is one session (a browser, a device). Signing one out ends it
@@ -66,7 +71,15 @@ at once: that browser is anonymous on its next request.</p>
 """
 
 SESSION_ROW = """<tr class="{row_class}"><td class="browser" title="{user_agent}">{browser}</td>
-<td class="ip">{ip}</td><td>{created}</td><td>{last_seen}</td><td>{action}</td></tr>"""
+<td class="ip">{ip}</td><td>{created}</td><td>{last_seen}</td><td class="lifetime">{lifetime}</td>
+<td>{action}</td></tr>"""
+
+SIGN_INS = """<h2>Sign-in notices</h2>
+<ul id="sign-ins">
+{items}
+</ul>
+<p class="note">Told by a <code>SessionOwnerChanged</code> subscriber each time this account
+signs in (what an app would send by mail).</p>"""
 
 SIGN_OUT_FORM = """<form class="sign-out" method="post" action="/sessions/sign-out">{csrf}
 <input type="hidden" name="handle" value="{handle}"><button>Sign out</button></form>"""
@@ -145,7 +158,23 @@ def home(
     )
 
 
-def session_row(info: SessionInfo, csrf: str) -> str:
+def lifetime(seconds: float | None, default: float | None) -> str:
+    """A session's lifetime, for people: its own (set_expiry) or the default."""
+    if not seconds:
+        own = "" if seconds is None else ", browser session"
+        return f"{duration(default)} without use{own}" if default else "no expiry"
+    return f"{duration(seconds)} without use (kept signed in)"
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds:g} seconds"
+
+
+def session_row(info: SessionInfo, csrf: str, default_lifetime: float | None = None) -> str:
     """One device: its browser, address and times, and its sign-out button
     (the current one is marked instead)."""
     if info.current:
@@ -159,18 +188,29 @@ def session_row(info: SessionInfo, csrf: str) -> str:
         ip=escape(info.ip or "not recorded"),
         created=when(info.created_on),
         last_seen=when(info.last_seen),
+        lifetime=escape(lifetime(info.lifetime, default_lifetime)),
         action=action,
     )
 
 
-def sessions(*, notices_html: str, user: str, found: list[SessionInfo], csrf: str) -> str:
+def sessions(
+    *,
+    notices_html: str,
+    user: str,
+    found: list[SessionInfo],
+    csrf: str,
+    default_lifetime: float | None = None,
+    sign_ins: Iterable[str] = (),
+) -> str:
     """The "Your sessions" page's body, for a logged-in user."""
     count = "1 device" if len(found) == 1 else f"{len(found)} devices"
+    items = "\n".join(f'<li class="sign-in">{escape(notice)}</li>' for notice in sign_ins)
     return SESSIONS.format(
         notices=notices_html,
         user=escape(user),
         count=count,
-        rows="\n".join(session_row(info, csrf) for info in found),
+        rows="\n".join(session_row(info, csrf, default_lifetime) for info in found),
+        sign_ins=SIGN_INS.format(items=items) if items else "",
         csrf=csrf,
     )
 
