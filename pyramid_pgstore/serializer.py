@@ -28,6 +28,14 @@ class Serializer(Protocol):
     def loads(self, cstruct: str) -> Any: ...
 
 
+# One encoder for every session (json.dumps with arguments of its own builds
+# a JSONEncoder on every call: 8k instructions a write, bench/counts.py).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+# Values with nothing inside them: no key to look at.
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 class JSONSerializer:
     """The default serializer: compact JSON, stored as UTF-8. Pickle is never used.
 
@@ -40,7 +48,7 @@ class JSONSerializer:
     """
 
     def dumps(self, appstruct: Any) -> str:
-        text = json.dumps(appstruct, separators=(",", ":"), ensure_ascii=False)
+        text = _ENCODER.encode(appstruct)
         if not text.isascii():
             try:
                 text.encode("utf-8")
@@ -120,7 +128,7 @@ def _refuse_merged_keys(data: Mapping[str, Any]) -> None:
     """Look in ``data`` and the mappings inside it for two keys that JSON
     writes alike; only a mapping with a non-str key can have them."""
     _refuse_alike(data, None)
-    pending: list[tuple[Any, Any]] = list(data.items())
+    pending: list[tuple[Any, Any]] = [item for item in data.items() if type(item[1]) not in _LEAVES]
     while pending:
         top, value = pending.pop()
         if isinstance(value, dict):

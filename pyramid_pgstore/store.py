@@ -18,7 +18,6 @@ merges; the session decides which to call (:mod:`pyramid_pgstore.lifecycle`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -272,7 +271,9 @@ class PGStore:
         :raises SessionTooLarge: before any database work.
         """
         check(self.serializer, draft.data, draft.payload, self.max_length)
-        params = self._row({"key": storage_key(session_id), "data": draft.payload}, ttl, draft)
+        params = self._row(
+            {"key": storage_key(session_id), "data": draft.payload, "ttl": interval(ttl)}, draft
+        )
         if replacing is None:
             self._run(self._statement(self._sql.save, ttl), params, nothing)
             return True
@@ -305,6 +306,8 @@ class PGStore:
         write per conflict, :mod:`pyramid_pgstore.merge`), so changes to
         different keys by concurrent requests both survive.
 
+        :param read: the session as the caller read it; its ``key`` (the
+            hash of ``session_id``) finds the row.
         :param ttl: the new lifetime in seconds (None: forever), never past
             ``cap`` seconds after the session's creation (None: no cap).
         :param keep_expiry: leave the expiry as it is (``ttl`` unused): a
@@ -315,17 +318,19 @@ class PGStore:
         :raises SessionTooLarge: before any write; the stored copy is untouched.
         """
 
-        key = storage_key(session_id)
+        key = read.key  # storage_key(session_id), hashed when it was read
+        # The new expiry, for a write that sets one.
+        expiry = {} if keep_expiry and new_id is None else {"ttl": interval(ttl), "cap": interval(cap)}
 
         def write_once(base: SessionRecord, attempt: Draft, version: str | None) -> SessionRecord | None:
-            params = self._row({"key": key, "data": attempt.payload, "version": version}, ttl, attempt)
+            params = self._row({"key": key, "data": attempt.payload, "version": version, **expiry}, attempt)
             surely_live = self._surely_live(base)
             if new_id is None:
-                params["cap"] = interval(cap)
                 guarded = self._sql.replace_data if keep_expiry else self._statement(self._sql.replace, ttl)
                 if self._run(guarded.pick(version, surely_live), params, rowcount) == 0:
                     return None
                 written = None  # an UPDATE returns no version: a second write this request writes over
+                key_now, created_on, read_at = base.key, base.created_on, base.read_at
             else:
                 params["new_key"] = storage_key(new_id)
                 renew = self._statement(self._sql.renew, ttl).pick(version, surely_live)
@@ -333,12 +338,19 @@ class PGStore:
                 written = found[0] if found is not None else self._done_before(new_id, attempt.payload)
                 if written is None:
                     return None
-                # A new row: how long it lives is known to the database only.
-                new_key, started = params["new_key"], base.loaded_at
-                base = dataclasses.replace(base, key=new_key, created_on=started, read_at=None)
-            data, lifetime = dict(attempt.data), attempt.lifetime
-            return dataclasses.replace(
-                base, data=data, payload=attempt.payload, version=written, lifetime=lifetime
+                # A new row, born now; how long it lives is known to the database only.
+                key_now, created_on, read_at = params["new_key"], base.loaded_at, None
+            return SessionRecord(
+                key_now,
+                dict(attempt.data),
+                created_on,
+                base.modified_on,
+                base.expires_on,
+                base.loaded_at,
+                attempt.payload,
+                written,
+                attempt.lifetime,
+                read_at,
             )
 
         return write_merging(self, read, draft, write_once, lambda: self.load(session_id))
@@ -385,8 +397,8 @@ class PGStore:
         record = self.load(session_id)
         return record.version if record is not None and record.payload == payload else None
 
-    def _row(self, params: dict[str, Any], ttl: float | None, draft: Draft) -> dict[str, Any]:
-        params.update(userid=userid_column(draft.userid), ip=draft.ip, ua=draft.user_agent, ttl=interval(ttl))
+    def _row(self, params: dict[str, Any], draft: Draft) -> dict[str, Any]:
+        params.update(userid=userid_column(draft.userid), ip=draft.ip, ua=draft.user_agent)
         params["lifetime"] = draft.lifetime
         return params
 
