@@ -158,24 +158,25 @@ def decide(situation: Situation) -> Plan:
       end; otherwise left alone.
     """
     s = situation
-    dropped = Cookie.DROP if s.stage is Stage.ENDED else Cookie.KEEP
-    if s.ending is Ending.EXCEPTION:  # only what already happened to the row
-        if s.stage is Stage.RENEWED:
-            return Plan(Write.NOTHING, Cookie.SET)
-        return Plan(Write.NOTHING, dropped, stands=dropped is Cookie.DROP)
-    if s.ending is Ending.ABORTED:  # nothing the request changed is saved, but a logout
+    if s.ending is not Ending.RESPONSE:
+        if s.ending is Ending.EXCEPTION:  # only what already happened to the row
+            if s.stage is Stage.RENEWED:
+                return Plan(Write.NOTHING, Cookie.SET)
+            return _cookie_only(s)
+        # ABORTED: nothing the request changed is saved, but a logout
         if s.stage is Stage.STORED and s.owner is Owner.SIGNED_OUT:
             return Plan(Write.END, Cookie.DROP, stands=True)
-        return Plan(Write.NOTHING, dropped, stands=dropped is Cookie.DROP)
+        return _cookie_only(s)
     if not s.holds_session:
         if not s.has_data:
-            return Plan(Write.NOTHING, dropped, stands=dropped is Cookie.DROP)
+            return _cookie_only(s)
         superseded = s.stage is Stage.LOST or s.found is Found.ENDED
         if superseded and s.owner is not Owner.SIGNED_IN:
             return NOTHING
         return Plan(Write.INSERT, Cookie.SET, takes_over=s.found is Found.DEAD)
-    renew = s.renew_asked or (s.renew_on_login and s.owner is not Owner.SAME)
-    logout = s.owner is Owner.SIGNED_OUT
+    new_owner = s.owner is not Owner.SAME
+    renew = s.renew_asked or (s.renew_on_login and new_owner)
+    logout = new_owner and s.owner is Owner.SIGNED_OUT
     # Outside the transaction, unless this request renewed the row in it already.
     stands_alone = logout and s.stage is Stage.STORED
     if renew and logout and not s.has_data:
@@ -191,6 +192,13 @@ def decide(situation: Situation) -> Plan:
     if s.refresh_due:
         return Plan(Write.TOUCH, Cookie.SET if resend or s.persistent_cookie else Cookie.KEEP)
     return Plan(Write.NOTHING, Cookie.SET) if resend else NOTHING
+
+
+def _cookie_only(s: Situation) -> Plan:
+    """No write; the cookie dropped, standing, after an end; else left alone."""
+    if s.stage is Stage.ENDED:
+        return Plan(Write.NOTHING, Cookie.DROP, stands=True)
+    return NOTHING
 
 
 class Outcome(NamedTuple):

@@ -116,36 +116,44 @@ class PGStoreSession(dict):
     options: SessionOptions
     lifetime: Lifetime
 
+    # Where a request's session starts: nothing found, nothing held, nothing
+    # to do at the end. Class attributes: each request sets only what its
+    # cookie and its transaction change.
+    new = True
+    found = Found.NOTHING
+    stage = Stage.NEW
+    progress = Progress.IDLE
+    _id: str | None = None  # the stored session this request holds (STORED, RENEWED)
+    _record: SessionRecord | None = None  # its row as read, or as this request last wrote it
+    _cookie_id: str | None = None  # the id the cookie named
+    _read_owner: str | None = None  # the owner and CSRF token as first read
+    _read_token: str | None = None
+    _refresh_due = False  # the row as read: its expiry is due for a refresh
+    _old_secret = False  # the cookie was signed by a retired secret
+    _renew_asked = False  # renew() waits for pyramid_tm's commit (transaction = auto)
+    _changed = False  # a method that changes the data ran (or changed() was called)
+    _own_lifetime: float | None = None  # set_expiry(): seconds, 0 (browser cookie) or None
+    # Under pyramid_tm (pgstore.transaction): "auto" defers every write to
+    # the commit, "shared" runs it in the app's database transaction.
+    _renew_at_commit = False  # renew() waits for the commit (auto)
+    _transaction: PGStore | None = None  # the store on the app's transaction (shared)
+    # What waits for that commit to be announced (events, the session limit); None: nothing waits.
+    _after_commit: list[Callable[[], object]] | None = None
+    # Doomed before the session was even read: not this request's own
+    # transaction (a test's, shared by its requests), which never commits.
+    _doomed_at_start = False
+
     def __init__(self, request: Request) -> None:
         self.request: Request | None = request
-        self.new = True
         self.created = time.time() + self.store.clock_offset
-        self.found = Found.NOTHING
-        self.stage = Stage.NEW
-        self.progress = Progress.IDLE
-        self._id: str | None = None  # the stored session this request holds (STORED, RENEWED)
-        self._record: SessionRecord | None = None  # its row as read, or as this request last wrote it
-        self._cookie_id: str | None = None  # the id the cookie named
-        self._read_owner: str | None = None  # the owner and CSRF token as first read
-        self._read_token: str | None = None
-        self._refresh_due = False  # the row as read: its expiry is due for a refresh
-        self._old_secret = False  # the cookie was signed by a retired secret
-        self._renew_asked = False  # renew() waits for pyramid_tm's commit (transaction = auto)
-        self._changed = False  # a method that changes the data ran (or changed() was called)
-        self._own_lifetime: float | None = None  # set_expiry(): seconds, 0 (browser cookie) or None
-        # Under pyramid_tm (pgstore.transaction): "auto" defers every write to
-        # the commit, "shared" runs it in the app's database transaction.
-        mode, managed = self.options.transaction, tm.managed(request)
-        self._renew_at_commit = mode == "auto" and managed
-        self._transaction: PGStore | None = None  # the store on the app's transaction (shared)
-        # What waits for that commit to be announced (events, the session limit); None: nothing waits.
-        self._after_commit: list[Callable[[], object]] | None = None
-        if mode == "shared" and managed:
-            self._transaction = tm.shared_store(self.store, request, self.options.dbsession)
-            self._after_commit = []
-        # Doomed before the session was even read: not this request's own
-        # transaction (a test's, shared by its requests), which never commits.
-        self._doomed_at_start = self._renew_at_commit and tm.doomed(request)
+        mode = self.options.transaction
+        if mode != "none" and tm.managed(request):
+            if mode == "auto":
+                self._renew_at_commit = True
+                self._doomed_at_start = tm.doomed(request)
+            else:  # shared
+                self._transaction = tm.shared_store(self.store, request, self.options.dbsession)
+                self._after_commit = []
         self._read(request)
 
     # -- the start: what the cookie leads to ----------------------------------
@@ -429,6 +437,8 @@ class PGStoreSession(dict):
         """Put ``outcome``'s cookie on ``response`` (and ``Vary: Cookie`` where due)."""
         if outcome.vary:
             vary_on_cookie(response)
+        if outcome.cookie is Cookie.KEEP:
+            return
         if outcome.cookie is Cookie.SET:
             self.cookie.set(response, outcome.session_id, self._cookie_max_age())  # type: ignore[arg-type]
         elif outcome.cookie is Cookie.DROP:
