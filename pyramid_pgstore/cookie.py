@@ -156,6 +156,11 @@ class SessionCookie:
 def vary_on_cookie(response: Response) -> None:
     """A response that sets the session cookie depends on the Cookie header:
     a shared cache must not hand it to another user."""
-    vary = response.vary or ()
-    if "Cookie" not in vary:
-        response.vary = (*vary, "Cookie")
+    headers = response.headerlist
+    for name, _ in headers:
+        if name.lower() == "vary":
+            vary = response.vary or ()
+            if "Cookie" not in vary:
+                response.vary = (*vary, "Cookie")
+            return
+    headers.append(("Vary", "Cookie"))  # the usual case, no Vary yet: nothing to parse
