@@ -225,7 +225,7 @@ class PGStore:
         except ValueError as exc:
             log.warning("stored session %s… does not deserialize (%s)", key[:12], exc)
             return Lookup(None, unreadable=True)
-        record = SessionRecord(
+        record = SessionRecord.of(
             key, data, created_on, modified_on, expires_on, loaded_at, payload, version, lifetime, asked
         )
         return Lookup(record)
@@ -340,7 +340,7 @@ class PGStore:
                     return None
                 # A new row, born now; how long it lives is known to the database only.
                 key_now, created_on, read_at = params["new_key"], base.loaded_at, None
-            return SessionRecord(
+            return SessionRecord.of(
                 key_now,
                 dict(attempt.data),
                 created_on,

@@ -1,5 +1,6 @@
 """PGStore against the real throwaway server: every public method."""
 
+import dataclasses
 import logging
 import threading
 import time
@@ -66,6 +67,16 @@ def test_a_row_expired_by_the_real_clock_is_neither_loaded_nor_written(pgstore_s
     assert rewrite(pgstore_store, "id-1", {"n": 2}, 60, read) is False
     assert pgstore_store.touch("id-1", 60) is False
     assert sql(pgstore_dsn, "SELECT data FROM http_sessions") == [('{"n":1}',)]
+
+
+def test_a_loaded_record_is_complete_and_frozen(pgstore_store):
+    # The store builds records without the dataclass's constructor (SessionRecord.of).
+    pgstore_store.save("id-1", {"n": 1}, 60)
+    record = pgstore_store.load("id-1")
+    assert dataclasses.replace(record) == record  # every field is there for the constructor
+    assert record.payload == '{"n":1}' and record.version is not None and record.read_at is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.data = {}  # type: ignore[misc]
 
 
 def test_a_row_that_expires_between_its_read_and_the_write_is_not_written(pgstore_store, pgstore_dsn):
