@@ -8,15 +8,16 @@ is a cancel request, which libpq sends on a connection of its own
 (``connection.cancel()``). One thread per process looks at the statements in
 flight a few times a second and cancels those past their deadline.
 
-Starting a watch is one small object and one dict insert; stopping it one
-dict delete, which also decides the race with the watching thread: whoever
-takes the watch out of the dict first owns it. Nothing on the request path
+Starting a watch is one dict insert; stopping it one dict delete, which
+also decides the race with the watching thread: whoever takes the watch
+out of the dict first owns it. Nothing on the request path
 waits for this thread, except a statement whose cancel is being sent, so
 that the cancel cannot land on the connection's next statement.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -28,53 +29,52 @@ log = logging.getLogger("pyramid_pgstore")
 _POLL = 0.1  # seconds between looks at the statements in flight
 
 
-class Watch:
-    """One statement being watched: its connection, its deadline, and, once
-    the watching thread has taken it, whether its cancel has been sent."""
-
-    __slots__ = ("conn", "deadline", "sent")
-
-    def __init__(self, conn: Any, deadline: float) -> None:
-        self.conn = conn
-        self.deadline = deadline
-        self.sent = False
-
-
 class Watchdog:
-    """Cancels statements that outlive their deadline."""
+    """Cancels statements that outlive their deadline.
+
+    A statement in flight is an entry ``key: (connection, deadline)``, its
+    key a number of its own. When the watching thread takes one past its
+    deadline, it notes the key in ``_canceling`` first (False: the cancel is
+    being sent; True: sent), so that a :meth:`stop` that finds its entry
+    gone knows to wait.
+    """
 
     def __init__(self) -> None:
-        self._inflight: dict[int, Watch] = {}
+        self._inflight: dict[int, tuple[Any, float]] = {}
+        self._canceling: dict[int, bool] = {}
+        self._keys = itertools.count()
         self._started = False  # this process has the watching thread
         self._lock = threading.Lock()
-        self._sent = threading.Condition()  # a cancel was sent (Watch.sent)
+        self._sent = threading.Condition()  # a cancel was sent
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         # A fork has no watching thread, and its parent's statements are not its own.
-        self._inflight, self._started = {}, False
+        self._inflight, self._canceling, self._started = {}, {}, False
         self._lock, self._sent = threading.Lock(), threading.Condition()
 
-    def start(self, conn: Any, timeout: float | None) -> Watch | None:
-        """Watch ``conn``'s statement for ``timeout`` seconds (None: not at all)."""
+    def start(self, conn: Any, timeout: float | None) -> int | None:
+        """Watch ``conn``'s statement for ``timeout`` seconds (None: not at
+        all); return what :meth:`stop` takes."""
         if timeout is None:
             return None
         if not self._started:
             self._start_thread()
-        watch = Watch(conn, time.monotonic() + timeout)
-        self._inflight[id(watch)] = watch
-        return watch
+        key = next(self._keys)
+        self._inflight[key] = (conn, time.monotonic() + timeout)
+        return key
 
-    def stop(self, watch: Watch | None) -> bool:
+    def stop(self, key: int | None) -> bool:
         """The statement is over; return whether it was canceled, in which
         case the connection must be discarded, not reused: a cancel arrives
         at the server on its own connection, and could otherwise reach the
         next statement. Waits for a cancel being sent."""
-        if watch is None or self._inflight.pop(id(watch), None) is not None:
+        if key is None or self._inflight.pop(key, None) is not None:
             return False  # taken back before the watching thread took it: never canceled
         with self._sent:
-            while not watch.sent:
+            while not self._canceling[key]:
                 self._sent.wait()
+            del self._canceling[key]
         return True
 
     def _start_thread(self) -> None:
@@ -89,17 +89,22 @@ class Watchdog:
         while True:
             time.sleep(_POLL)
             now = time.monotonic()
-            for key, watch in list(self._inflight.items()):
-                if now >= watch.deadline and self._inflight.pop(key, None) is not None:
-                    self._cancel(watch)
+            for key, (conn, deadline) in list(self._inflight.items()):
+                if now < deadline:
+                    continue
+                self._canceling[key] = False  # before taking it, for a stop() that finds it gone
+                if self._inflight.pop(key, None) is not None:
+                    self._cancel(key, conn)
+                else:  # its statement ended first
+                    del self._canceling[key]
 
-    def _cancel(self, watch: Watch) -> None:
+    def _cancel(self, key: int, conn: Any) -> None:
         try:
-            watch.conn.cancel()
+            conn.cancel()
         except Exception as exc:  # the connection may be gone already; the thread must live on
             log.debug("could not cancel a statement past commit_timeout: %s", exc)
         with self._sent:
-            watch.sent = True
+            self._canceling[key] = True
             self._sent.notify_all()
 
 
