@@ -67,6 +67,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 CSRF_KEY = "_csrft_"  # the key Pyramid's own sessions keep the token under
 
+# In a request's environ while the session tween runs for it: the tween, not
+# a response callback, finishes a session made meanwhile.
+_IN_TWEEN = "pyramid_pgstore.in_tween"
+
 # The plans that write the session's data (and may change its owner).
 _DATA_WRITES = (Write.INSERT, Write.REPLACE, Write.RENEW)
 
@@ -213,10 +217,13 @@ class PGStoreSession(dict):
         self._finish_at_end()
 
     def _finish_at_end(self) -> None:
-        """The end of the request has work: register for it, once."""
+        """The end of the request has work: register for it, once. The
+        session tween, while it runs for this request, finishes the session
+        itself; a session made outside it is finished by a response callback."""
         if self.progress is Progress.IDLE and self.request is not None:
             self.progress = Progress.DUE
-            self.request.add_response_callback(self._finish_late)
+            if not self.request.environ.get(_IN_TWEEN):
+                self.request.add_response_callback(self._finish_late)
 
     __setitem__ = _changes(dict.__setitem__)
     __delitem__ = _changes(dict.__delitem__)
@@ -617,7 +624,12 @@ def session_tween_factory(
     """
 
     def finish_session(request: Request) -> Response:
-        response = handler(request)
+        environ = request.environ
+        environ[_IN_TWEEN] = True  # a session made meanwhile is finished here
+        try:
+            response = handler(request)
+        finally:
+            del environ[_IN_TWEEN]
         session = request.__dict__.get("session")  # only if the view used it
         if isinstance(session, PGStoreSession) and session.progress is Progress.DUE:
             try:
