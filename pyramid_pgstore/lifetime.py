@@ -54,7 +54,7 @@ class Lifetime:
 
     def due_for_refresh(self, record: SessionRecord) -> bool:
         """Its expiry is ``refresh_after`` or more behind where a write now would put it."""
-        ttl = self.ttl_at(record.age)
+        ttl = self.ttl if self.cap is None else self.ttl_at(record.age)
         if ttl is None or self.refresh_after is None:
             return False
         remaining = (record.expires_on - record.loaded_at).total_seconds()

@@ -31,6 +31,7 @@ class Serializer(Protocol):
 # One encoder for every session (json.dumps with arguments of its own builds
 # a JSONEncoder on every call: 8k instructions a write, bench/counts.py).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder()  # what json.loads uses, without its checks of its arguments
 
 # Values with nothing inside them: no key to look at.
 _LEAVES = frozenset({str, int, float, bool, type(None)})
@@ -57,7 +58,7 @@ class JSONSerializer:
         return text
 
     def loads(self, cstruct: str) -> Any:
-        return json.loads(cstruct)
+        return _DECODER.decode(cstruct)
 
 
 def encode(serializer: Serializer, data: Mapping[str, Any]) -> str:

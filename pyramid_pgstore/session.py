@@ -355,7 +355,7 @@ class PGStoreSession(dict):
         """The data is as read or last written, as far as can be told without
         encoding it: nothing changed it through this session's methods, and
         no value can have changed inside (see ``_IMMUTABLE``)."""
-        return not self._changed and all(type(value) in _IMMUTABLE for value in self.values())
+        return not self._changed and _IMMUTABLE.issuperset(map(type, self.values()))
 
     def situation(self, ending: Ending = Ending.RESPONSE, draft: Draft | None = None) -> Situation:
         """Where the session stands, for :func:`~pyramid_pgstore.lifecycle.decide`;
