@@ -9,7 +9,7 @@ with open(os.path.join(here, "README.rst"), encoding="utf-8") as f:
 requires = [
     "pyramid>=2.0",
     "webob>=1.8",
-    # The binary wheel: installs with no compiler and no libpq headers (see README).
+    # The binary wheel: installs with no compiler and no libpq headers (docs/quickstart.rst).
     "psycopg2-binary>=2.9",
 ]
 

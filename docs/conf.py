@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_ext"))
 
 project = "pyramid_pgstore"
 author = "pyramid_pgstore contributors"
-copyright = "pyramid_pgstore contributors"  # noqa: A001 - Sphinx's name
+copyright = "pyramid_pgstore contributors"
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode", "fixtures"]
 
@@ -22,7 +22,10 @@ nitpicky = True
 # No intersphinx (CI reaches no documentation site): references to other
 # projects' objects, which type hints make, stay plain text.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(datetime|collections|threading|pathlib|typing|pyramid|webob|zope|sqlalchemy|psycopg2|psycopg|pytest|pytest_postgresql)(\..*)?"),
+    (
+        r"py:.*",
+        r"(datetime|collections|threading|pathlib|typing|pyramid|webob|zope|sqlalchemy|psycopg2|psycopg|pytest|pytest_postgresql)(\..*)?",
+    ),
     (r"py:.*", r"(Path|Request|Response|Registry|Engine)"),
     (r"py:class", r"<InterfaceClass .*>"),
 ]

@@ -150,7 +150,7 @@ class Statements:
     Each write family is a pair: ``(with a lifetime, forever)``.
 
     ``distributed=True`` writes the statements for a table managed by Citus
-    (README, "Sharding on Citus"), which refuses a stable function applied
+    (docs/scaling.rst, "Sharding on Citus"), which refuses a stable function applied
     to a column in an ``UPDATE`` or ``DELETE`` (``expires_on + interval``),
     anything but immutable values in ``ON CONFLICT ... DO UPDATE``
     (``now()``), and ``FOR UPDATE`` across shards. There, comparisons put the
