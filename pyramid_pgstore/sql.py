@@ -150,8 +150,8 @@ class Statements:
     Each write family is a pair: ``(with a lifetime, forever)``.
 
     ``distributed=True`` writes the statements for a table managed by Citus
-    (docs/scaling.rst, "Sharding on Citus"), which refuses a stable function applied
-    to a column in an ``UPDATE`` or ``DELETE`` (``expires_on + interval``),
+    (docs/scaling.rst, "Sharding on Citus"), which refuses a stable function
+    applied to a column in an ``UPDATE`` or ``DELETE`` (``expires_on + interval``),
     anything but immutable values in ``ON CONFLICT ... DO UPDATE``
     (``now()``), and ``FOR UPDATE`` across shards. There, comparisons put the
     interval on the side of ``now()``, which Citus evaluates once, on the
