@@ -169,6 +169,44 @@ def test_the_pages_name_only_settings_that_exist():
             assert name in names, f"{path.name} names pgstore.{name}, which is no setting"
 
 
+# -- users ----------------------------------------------------------------------------
+
+
+def test_the_security_policy_makes_remember_and_forget_sign_in_and_out(pgstore_settings):
+    from pyramid.config import Configurator
+    from pyramid.response import Response
+    from pyramid.security import forget, remember
+
+    namespace = {}
+    exec(compile(python_blocks("users")[0], "docs/users.rst", "exec"), namespace)  # noqa: S102
+
+    def login(request):
+        remember(request, "ann")
+        return Response("welcome")
+
+    def whoami(request):
+        return Response(request.authenticated_userid or "anonymous")
+
+    def logout(request):
+        forget(request)
+        return Response("bye")
+
+    with Configurator(settings=pgstore_settings) as config:
+        config.include("pyramid_pgstore")
+        config.set_security_policy(namespace["SecurityPolicy"]())
+        for view in (login, whoami, logout):
+            config.add_route(view.__name__, "/" + view.__name__)
+            config.add_view(view, route_name=view.__name__)
+    app = webtest.TestApp(config.make_wsgi_app())
+    app.get("/login")
+    assert app.get("/whoami").text == "ann"
+    # the row's userid column, which list_sessions and the scripts read:
+    with pyramid_pgstore.PGStore(pgstore_settings["pgstore.dsn"]) as store:
+        assert [info.userid for info in store.sessions_of("ann")] == ["ann"]
+    app.get("/logout")
+    assert app.get("/whoami").text == "anonymous"
+
+
 # -- testing your app -------------------------------------------------------------------
 
 
