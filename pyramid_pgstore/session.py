@@ -380,6 +380,7 @@ class PGStoreSession(dict):
             draft = None
             if ending is Ending.RESPONSE:
                 self._drop_stale_csrf_token()
+                self._forget_lifetime_at_logout()
                 if self or self._holds_session:
                     draft = self.draft()
             vary = ending is Ending.RESPONSE and self._holds_session  # made with stored data
@@ -387,6 +388,15 @@ class PGStoreSession(dict):
         finally:
             self.request = None  # the session outlives the request in some apps
         return Outcome(done.cookie, done.session_id, done.stands, vary)
+
+    def _forget_lifetime_at_logout(self) -> None:
+        """A logout that keeps other data (``forget()``) ends "keep me signed
+        in": what is left, anonymous, goes back to the factory's lifetime and
+        a browser-session cookie, unless this request set one itself."""
+        record = self._record
+        unchanged = record is not None and self._own_lifetime == record.lifetime
+        if unchanged and self._owner_change() is Owner.SIGNED_OUT:
+            self._own_lifetime = None
 
     def hand_over(self) -> None:
         """pyramid_tm's transaction will finish the session at its commit (or

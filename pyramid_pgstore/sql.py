@@ -339,7 +339,7 @@ class Statements:
             )
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
-            f" {sizes} FROM {t}"
+            f" count(*) FILTER (WHERE expires_on <= {now} AND {_just_ended(now)}), {sizes} FROM {t}"
         )
         # Taken in a transaction held open on a connection of its own for the
         # whole pass; holding it while idle must not get that session killed.

@@ -499,11 +499,19 @@ class PGStore:
         return self._run(self._sql.count_expired, {}, scalar, watched=False)  # a scan: no commit_timeout
 
     def table_stats(self) -> dict[str, int]:
-        """Live and expired row counts, table and index sizes in bytes."""
-        live, expired, table_bytes, index_bytes = self._run(
+        """Live and expired row counts, of the expired how many are sessions
+        ended less than a minute ago (``ended_recently``: cleanup keeps them
+        for requests in flight), table and index sizes in bytes."""
+        live, expired, recent, table_bytes, index_bytes = self._run(
             self._sql.table_stats, {"table": self._sql.quoted_table}, one, watched=False
         )
-        return {"live": live, "expired": expired, "table_bytes": table_bytes, "index_bytes": index_bytes}
+        return {
+            "live": live,
+            "expired": expired,
+            "ended_recently": recent,
+            "table_bytes": table_bytes,
+            "index_bytes": index_bytes,
+        }
 
     def run_cleanup(self, interval: float, stop_event: threading.Event) -> Iterator[int | Exception]:
         """Every ``interval`` seconds, delete expired sessions (Go's RunCleanup).

@@ -150,7 +150,13 @@ def _clean(store: PGStore, args: argparse.Namespace) -> None:
     if args.stats:
         stats = store.table_stats()
         _say(
-            f"{store.table}: {stats['live']:,} live, {stats['expired']:,} expired; "
+            f"{store.table}: {stats['live']:,} live, {stats['expired']:,} expired"
+            + (
+                f" ({stats['ended_recently']:,} of them ended in the last minute, kept for requests in flight)"
+                if stats["ended_recently"]
+                else ""
+            )
+            + "; "
             f"table {stats['table_bytes']:,} bytes, indexes {stats['index_bytes']:,} bytes"
         )
     if args.dry_run:
