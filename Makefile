@@ -1,10 +1,11 @@
-# make demo: serve the demo app; make test: lint and run the whole suite.
+# make demo: serve the demo app; make test: lint and run the whole suite;
+# make docs: build docs/ into docs/_build/html, every warning an error.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint docs demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,11 @@ test: $(STAMP) lint
 	.ci/need-patroni
 	$(BIN)/pytest -n 2
 
+# Sphinx from the dev extra (its docs extra); -n: every cross reference resolves.
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html
+	@echo "docs/_build/html/index.html"
+
 # make bench: the session backends side by side (bench/README.rst); about 12
 # minutes. make bench BENCH_ARGS=--quick: a smoke run under 2 minutes. Never part of test.
 bench: $(STAMP)
@@ -40,4 +46,4 @@ demo: $(STAMP)
 	$(BIN)/python demo/serve.py development.ini
 
 clean:
-	rm -rf $(VENV) var *.egg-info
+	rm -rf $(VENV) var *.egg-info docs/_build

@@ -9,7 +9,7 @@ with open(os.path.join(here, "README.rst"), encoding="utf-8") as f:
 requires = [
     "pyramid>=2.0",
     "webob>=1.8",
-    # The binary wheel: installs with no compiler and no libpq headers (see README).
+    # The binary wheel: installs with no compiler and no libpq headers (docs/quickstart.rst).
     "psycopg2-binary>=2.9",
 ]
 
@@ -33,10 +33,20 @@ testing_extras = [
     "psycopg[binary]>=3.1",
 ]
 
-# This repository's own test suite and lint (make test).
+# The documentation (make docs: docs/, built with Sphinx, warnings as errors).
+docs_extras = [
+    "Sphinx>=8",
+    # The theme: kept up with Sphinx's releases, and loads nothing from
+    # elsewhere (docs/contributing.rst says why not pylons-sphinx-themes).
+    "furo>=2024.8",
+]
+
+# This repository's own test suite, lint and documentation (make test, make
+# docs: one .venv builds both).
 dev_extras = [
     *testing_extras,
     *sqlalchemy_extras,
+    *docs_extras,
     "pytest-xdist>=3",
     "waitress>=3",
     # tests/test_forked_workers.py: workers forked by a real gunicorn --preload
@@ -77,7 +87,12 @@ setup(
     # Tested on 3.11, 3.12 and 3.13 (.ci/run).
     python_requires=">=3.11",
     install_requires=requires,
-    extras_require={"testing": testing_extras, "sqlalchemy": sqlalchemy_extras, "dev": dev_extras},
+    extras_require={
+        "testing": testing_extras,
+        "sqlalchemy": sqlalchemy_extras,
+        "docs": docs_extras,
+        "dev": dev_extras,
+    },
     entry_points={
         "pytest11": ["pgstore = pytest_pgstore.plugin"],
         "console_scripts": [

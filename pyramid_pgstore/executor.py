@@ -73,7 +73,7 @@ def _refuse_unreplicated(conn: Any, commit_timeout: float | None) -> None:
     if any(_UNREPLICATED in notice for notice in notices):
         raise StoreUnavailable(
             f"the write was not confirmed by a synchronous standby within {commit_timeout:g} s "
-            "(it is committed on the primary; see README, High availability)"
+            "(it is committed on the primary; see the docs, High availability)"
         )
 
 

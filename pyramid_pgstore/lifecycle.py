@@ -4,8 +4,10 @@ A request's session is described by three things:
 
 * :class:`Found`: what the request's cookie led to, fixed once it is read;
 * :class:`Stage`: where the session this request holds is in its lifecycle,
-  moved only by the session's own writes (:meth:`~PGStoreSession.invalidate`,
-  :meth:`~PGStoreSession.renew`, the write at the end of the request);
+  moved only by the session's own writes
+  (:meth:`~pyramid_pgstore.session.PGStoreSession.invalidate`,
+  :meth:`~pyramid_pgstore.session.PGStoreSession.renew`, the write at the
+  end of the request);
 * :class:`Situation`: those two and what the request did to the data, at the
   moment the request ends (:class:`Ending`).
 

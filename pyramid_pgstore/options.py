@@ -349,7 +349,7 @@ class SessionOptions(_Options):
     :param transaction: under pyramid_tm, ``"auto"`` writes the session only
         if the request's transaction commits, ``"shared"`` writes it in the
         app's SQLAlchemy session's database transaction, ``"none"`` ignores
-        the transaction (see :mod:`pyramid_pgstore.tm`).
+        the transaction (see ``pyramid_pgstore.tm``).
     :param dbsession: with ``"shared"``, the request attribute holding the
         app's SQLAlchemy session.
     :param max_sessions_per_user: after a login, the user's live sessions

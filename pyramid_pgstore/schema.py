@@ -58,7 +58,7 @@ class TableState:
     comment: str | None
     columns: frozenset[str]
     citus: bool = False  # the database has the citus extension
-    distributed: bool = False  # Citus manages the table (README, "Sharding on Citus")
+    distributed: bool = False  # Citus manages the table (docs/scaling.rst, "Sharding on Citus")
 
     @property
     def version(self) -> int | None:

@@ -413,6 +413,7 @@ class PGStoreSession(dict):
             responding, holds = ending is Ending.RESPONSE, self._holds_session
             if responding:
                 self._drop_stale_csrf_token()
+                self._forget_lifetime_at_logout()
                 if (self or holds) and not (holds and self._as_written()):
                     draft = self.draft()  # to compare with the row, or to write a new one
             vary = responding and holds  # made with stored data
@@ -420,6 +421,15 @@ class PGStoreSession(dict):
         finally:
             self.request = None  # the session outlives the request in some apps
         return Outcome(done.cookie, done.session_id, done.stands, vary)
+
+    def _forget_lifetime_at_logout(self) -> None:
+        """A logout that keeps other data (``forget()``) ends "keep me signed
+        in": what is left, anonymous, goes back to the factory's lifetime and
+        a browser-session cookie, unless this request set one itself."""
+        record = self._record
+        unchanged = record is not None and self._own_lifetime == record.lifetime
+        if unchanged and self._owner_change() is Owner.SIGNED_OUT:
+            self._own_lifetime = None
 
     def hand_over(self) -> None:
         """pyramid_tm's transaction will finish the session at its commit (or

@@ -1,7 +1,8 @@
 """The ``pgstore.*`` settings: ini text in, options objects out.
 
 :data:`SETTINGS` is the single list of what ``config.include`` reads, in the
-order the README's table gives them (a test checks the table against it).
+order the table of docs/settings.rst gives them (a test checks the table
+against it).
 Each setting is a field of one of the options objects
 (:mod:`pyramid_pgstore.options`), which holds its default and its checks;
 this module only finds the keys, and turns a refused value into a

@@ -198,8 +198,8 @@ class Statements:
     Each write family is a pair: ``(with a lifetime, forever)``.
 
     ``distributed=True`` writes the statements for a table managed by Citus
-    (README, "Sharding on Citus"), which refuses a stable function applied
-    to a column in an ``UPDATE`` or ``DELETE`` (``expires_on + interval``),
+    (docs/scaling.rst, "Sharding on Citus"), which refuses a stable function
+    applied to a column in an ``UPDATE`` or ``DELETE`` (``expires_on + interval``),
     anything but immutable values in ``ON CONFLICT ... DO UPDATE``
     (``now()``), and ``FOR UPDATE`` across shards. There, comparisons put the
     interval on the side of ``now()``, which Citus evaluates once, on the
@@ -395,7 +395,7 @@ class Statements:
             )
         self.table_stats = (
             f"SELECT count(*) FILTER (WHERE expires_on > {now}), count(*) FILTER (WHERE expires_on <= {now}),"
-            f" {sizes} FROM {t}"
+            f" count(*) FILTER (WHERE expires_on <= {now} AND {_just_ended(now)}), {sizes} FROM {t}"
         )
         # Taken in a transaction held open on a connection of its own for the
         # whole pass; holding it while idle must not get that session killed.

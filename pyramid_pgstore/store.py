@@ -295,11 +295,11 @@ class PGStore:
     ) -> SessionRecord | None:
         """Write ``draft`` over the live session ``session_id``, which the
         caller read as ``read``; return the row as written, or None, writing
-        nothing, when the session is gone (ended or deleted since it was
-        read): a request that started before a logout cannot bring the
-        session back. One that only expired since it was read is written,
-        as it was live when read (and past ``max_lifetime`` never lives
-        again: a new expiry is capped).
+        nothing, when the session is gone (ended, deleted or expired since
+        it was read): a request that started before a logout cannot bring
+        the session back. Whether it may have expired is known from the
+        time it had left when read: only then does the statement test
+        liveness too (:class:`~pyramid_pgstore.sql.Guarded`).
 
         One statement when nobody wrote the row since ``read``; otherwise the
         draft's changes are merged into the row as it is now (one more read and
@@ -540,11 +540,19 @@ class PGStore:
         return self._run(self._sql.count_expired, {}, scalar, watched=False)  # a scan: no commit_timeout
 
     def table_stats(self) -> dict[str, int]:
-        """Live and expired row counts, table and index sizes in bytes."""
-        live, expired, table_bytes, index_bytes = self._run(
+        """Live and expired row counts, of the expired how many are sessions
+        ended less than a minute ago (``ended_recently``: cleanup keeps them
+        for requests in flight), table and index sizes in bytes."""
+        live, expired, recent, table_bytes, index_bytes = self._run(
             self._sql.table_stats, {"table": self._sql.quoted_table}, one, watched=False
         )
-        return {"live": live, "expired": expired, "table_bytes": table_bytes, "index_bytes": index_bytes}
+        return {
+            "live": live,
+            "expired": expired,
+            "ended_recently": recent,
+            "table_bytes": table_bytes,
+            "index_bytes": index_bytes,
+        }
 
     def run_cleanup(self, interval: float, stop_event: threading.Event) -> Iterator[int | Exception]:
         """Every ``interval`` seconds, delete expired sessions (Go's RunCleanup).

@@ -138,14 +138,20 @@ class _SessionWrite:
         self.request = request
         self.response = response
         self.transaction_manager = manager
+        self.voted = False  # the session was written (tpc_vote)
 
     def sortKey(self) -> str:
         return "~~pyramid_pgstore"
 
     def tpc_vote(self, transaction: Any) -> None:
+        self.voted = True
         self.session.send(self.session.finish(self.request), self.response)
 
     def abort(self, transaction: Any) -> None:
+        if self.voted:
+            # Written at the vote: the transaction package calls abort() on every
+            # resource when it cleans up after a commit, too. Nothing to undo.
+            return
         # Nothing was written. Say so: a view that raised, even HTTPFound, or
         # a commit veto, aborts pyramid_tm's transaction, and with it the session.
         log.info("session changes not saved: the request's transaction was aborted")

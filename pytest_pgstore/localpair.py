@@ -168,7 +168,8 @@ class ReplicaPair:
         replayed, which only ``remote_apply`` waits for).
     :param dbname: a database made on the primary before the base backup.
     :param settings: server settings added to (or replacing) :data:`SETTINGS`.
-    :param run_as, bindir: as for :class:`LocalPostgres`.
+    :param run_as: as for :class:`~pytest_pgstore.localdb.LocalPostgres`.
+    :param bindir: as for :class:`~pytest_pgstore.localdb.LocalPostgres`.
 
     ``nodes`` is both in their first order (the primary first); ``timings``, the
     seconds the last ``start``, ``promote``, ``switchover`` and ``rejoin`` took;
@@ -288,7 +289,7 @@ class ReplicaPair:
         wait_until(lambda: self.replayed(target), timeout, f"replay of {target}", *self.nodes)
 
     def kill_primary(self) -> None:
-        """Crash the primary (:meth:`Node.kill`). The replica keeps waiting for it."""
+        """Crash the primary (``Node.kill()``). The replica keeps waiting for it."""
         self.primary.kill()
 
     def promote(self, timeout: float = 30.0) -> None:

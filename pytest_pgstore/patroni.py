@@ -211,15 +211,21 @@ class Member:
 class PatroniCluster:
     """etcd and ``nodes`` Patroni nodes in ``base``, on free loopback ports.
 
-    :param ttl, loop_wait, retry_timeout: Patroni's, in seconds. Patroni's
-        defaults are 30, 10, 10; its minimums 20, 1, 3; it needs
-        ``loop_wait + 2 * retry_timeout <= ttl``. A killed leader's key
-        expires ``ttl`` seconds after its last renewal (one per ``loop_wait``).
-    :param synchronous_mode, synchronous_mode_strict: Patroni's.
+    :param nodes: how many PostgreSQL nodes, each with its Patroni.
+    :param ttl: Patroni's, in seconds (its default 30, its minimum 20). A
+        killed leader's key expires ``ttl`` seconds after its last renewal
+        (one per ``loop_wait``).
+    :param loop_wait: Patroni's, in seconds (its default 10, its minimum 1).
+    :param retry_timeout: Patroni's, in seconds (its default 10, its minimum
+        3). Patroni needs ``loop_wait + 2 * retry_timeout <= ttl``.
+    :param synchronous_mode: Patroni's.
+    :param synchronous_mode_strict: Patroni's.
     :param dbname: a database made on the leader once the cluster is up.
     :param settings: server settings added to (or replacing) :data:`SETTINGS`.
-    :param run_as, bindir, patroni, etcd: the user (under root), PostgreSQL's
-        programs, the patroni and etcd programs (found when empty).
+    :param run_as: the user that runs the servers, under root.
+    :param bindir: where PostgreSQL's programs are (found when empty).
+    :param patroni: the patroni program (found when empty).
+    :param etcd: the etcd program (found when empty).
 
     ``members`` are the nodes (``pgstore1``...); ``timings`` the seconds the
     last ``start``, ``switchover``, ``failover`` (the kill to a new writable

@@ -6,7 +6,7 @@ imports nothing but pytest: nothing runs until a test asks for one of the
 pytest-postgresql fixtures are left alone.
 
 The server is pytest-postgresql's: its executor and janitor
-(:mod:`pytest_pgstore.server`, :mod:`pytest_pgstore.janitor`) and its
+(``pytest_pgstore.server``, ``pytest_pgstore.janitor``) and its
 ``--postgresql-*`` options and ``postgresql_*`` ini keys (``exec``, ``host``,
 ``port``, ``user``, ``password``, ``options``, ``startparams``,
 ``unixsocketdir``, ``postgres_options``). On top: running as root, one server

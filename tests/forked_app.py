@@ -1,4 +1,4 @@
-"""The README's SQLAlchemy setup ("With SQLAlchemy and pyramid_tm") as an app
+"""The SQLAlchemy setup of docs/sqlalchemy.rst ("With SQLAlchemy and pyramid_tm") as an app
 for ``gunicorn --paste app.ini``: pyramid_tm, zope.sqlalchemy,
 ``request.dbsession`` on the engine ``engine_for`` makes, ``pgstore.engine =
 sqlalchemy.`` (one pool), a session security policy, and views that log in
@@ -32,7 +32,7 @@ class User(Base):
 
 
 class SecurityPolicy:
-    """The README's policy: the user kept in the session."""
+    """The policy of docs/sqlalchemy.rst: the user kept in the session."""
 
     def __init__(self):
         self.helper = SessionAuthenticationHelper()
@@ -54,7 +54,7 @@ class SecurityPolicy:
 
 
 def models(config):
-    """The cookiecutter's models/__init__.py includeme, with the README's step 3."""
+    """The cookiecutter's models/__init__.py includeme, with step 3 of docs/sqlalchemy.rst."""
     settings = config.get_settings()
     settings["tm.manager_hook"] = "pyramid_tm.explicit_manager"
     config.include("pyramid_tm")

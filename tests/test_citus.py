@@ -1,10 +1,10 @@
-"""A table Citus manages (README, "Sharding on Citus").
+"""A table Citus manages (docs/scaling.rst, "Sharding on Citus").
 
 Citus refuses some of the statements the store runs on plain PostgreSQL, so
 for such a table the store runs variants (``Statements(distributed=True)``).
 Everywhere (CI has no Citus) the variants are checked to do exactly what
 the plain statements do, row for row. On a Citus cluster
-(``pytest --pgstore-dsn <coordinator> --pgstore-citus``, README "Sharding
+(``pytest --pgstore-dsn <coordinator> --pgstore-citus``, docs/scaling.rst "Sharding
 on Citus") the whole suite runs on a distributed table, and the tests at the
 end check what only a cluster shows; elsewhere they are skipped.
 """

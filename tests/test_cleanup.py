@@ -181,8 +181,10 @@ def test_dry_run_counts_what_a_pass_then_deletes(ini, pgstore_dsn, capsys):
             f" VALUES (%s, '', now() - interval '1 hour', {ended}, {ended})",
             (key,),
         )
-    assert main(["pgstore-cleanup", ini, "--dry-run"]) == 0
-    assert "would delete 5 expired sessions" in capsys.readouterr().out
+    assert main(["pgstore-cleanup", ini, "--dry-run", "--stats"]) == 0
+    out = capsys.readouterr().out
+    assert "3 live, 7 expired (2 of them ended in the last minute, kept for requests in flight);" in out
+    assert "would delete 5 expired sessions" in out
     assert counts(pgstore_dsn) == (3, 7)  # the dry run deleted nothing
     assert main(["pgstore-cleanup", ini]) == 0
     assert "deleted 5 expired sessions" in capsys.readouterr().out

@@ -201,3 +201,24 @@ def test_setting_the_same_lifetime_again_writes_nothing(pgstore_settings):
     response = app.get("/login?user=ann&keep=1")  # the same user, the same lifetime: a read only
     assert store.stats()["queries"] - before == 1
     assert "Set-Cookie" not in response.headers
+
+
+def logout(request):
+    auth.forget(request)
+    return {"age": request.session.get_expiry_age()}
+
+
+def test_a_logout_keeping_data_goes_back_to_a_browser_session(pgstore_settings, pgstore_dsn):
+    """On a shared computer, signing out must not leave a 30-day cookie behind."""
+    config = Configurator(settings=pgstore_settings)
+    config.include("pyramid_pgstore")
+    for view in (login, put, logout, whoami):
+        config.add_route(view.__name__, f"/{view.__name__}")
+        config.add_view(view, route_name=view.__name__, renderer="json")
+    app = webtest.TestApp(config.make_wsgi_app())
+    app.get("/put?cart=1")
+    app.get("/login?user=ann&keep=1")
+    response = app.get("/logout")  # reset as the request ends: the view still saw 30 days
+    assert "Max-Age" not in session_cookie(response)  # a new id, a browser-session cookie
+    assert app.get("/whoami").json == {"userid": None, "age": 1200}
+    assert [row[0] for row in stored_lifetime(pgstore_dsn)] == [None]  # the cart is kept

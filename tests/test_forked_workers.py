@@ -4,7 +4,7 @@
 A connection left open in the engine's pool before the fork would be one
 socket shared by every worker: their statements interleave on it and
 requests fail (``server closed the connection unexpectedly``, ``no results
-to fetch``), a few in every few hundred. The app is the README's
+to fetch``), a few in every few hundred. The app is docs/sqlalchemy.rst's
 SQLAlchemy setup (tests/forked_app.py) served by a real gunicorn.
 """
 
@@ -137,7 +137,7 @@ def test_preloaded_gunicorn_workers_on_the_apps_engine_share_no_connection(
 ):
     """Two workers forked after the include, several hundred requests from
     concurrent browsers: none fails, none reads another's state, no database
-    connection serves both. ``lazy``: the README's app, which opens no
+    connection serves both. ``lazy``: the app of docs/sqlalchemy.rst, which opens no
     connection of its own before the fork (and the process that forks keeps
     none of the store's); ``queries_at_start``: an app that queries its
     engine once it has included everything, so that the engine's pool holds

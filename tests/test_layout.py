@@ -1,4 +1,4 @@
-"""The package's layout, as the README's Layout section describes it."""
+"""The package's layout, as the Layout section of docs/contributing.rst describes it."""
 
 import ast
 import re
@@ -8,6 +8,8 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 PACKAGES = ("pyramid_pgstore", "pytest_pgstore")
+CONTRIBUTING = (ROOT / "docs" / "contributing.rst").read_text(encoding="utf-8")
+LAYOUT = CONTRIBUTING[CONTRIBUTING.index("\nLayout\n") :]
 TEST_ONLY = ("pytest", "_pytest", "pytest_pgstore", "pytest_postgresql", "webtest", "demo")
 
 
@@ -53,31 +55,29 @@ def internal_graph(package="pyramid_pgstore"):
     return graph
 
 
-def test_every_module_is_in_the_readme_layout():
-    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
-    layout = readme[readme.index("\nLayout\n") :]
-    listed = set(re.findall(r"^``([\w/.]+)``", layout, flags=re.MULTILINE))
+def test_every_module_is_in_the_layout():
+    listed = set(re.findall(r"^``([\w/.]+)``", LAYOUT, flags=re.MULTILINE))
     for package in PACKAGES:
         for name, path in modules(package).items():
             relative = path.relative_to(ROOT).as_posix()
             folder = path.parent.relative_to(ROOT).as_posix() + "/"
             if path.name == "__init__.py" and name != "pyramid_pgstore":
                 continue  # a subpackage is listed as its folder; the plugin's holds nothing
-            assert relative in listed or folder in listed, f"{relative} is not in the README's Layout"
+            assert relative in listed or folder in listed, (
+                f"{relative} is not in the Layout of docs/contributing.rst"
+            )
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_every_module_imports_only_modules_above_it_in_the_readme_layout(package):
-    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
-    layout = readme[readme.index("\nLayout\n") :]
+def test_every_module_imports_only_modules_above_it_in_the_layout(package):
     order = []
-    for path in re.findall(rf"^``({package}/[\w/.]*)``", layout, flags=re.MULTILINE):
+    for path in re.findall(rf"^``({package}/[\w/.]*)``", LAYOUT, flags=re.MULTILINE):
         order.append(path.removesuffix(".py").removesuffix("/").removesuffix("/__init__").replace("/", "."))
     rank = {name: position for position, name in enumerate(order)}
 
     def listed_as(module):
         while module not in rank:
-            assert "." in module, f"{module} is not in the README's Layout"
+            assert "." in module, f"{module} is not in the Layout of docs/contributing.rst"
             module = module.rpartition(".")[0]
         return module
 

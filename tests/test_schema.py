@@ -263,9 +263,11 @@ def test_with_an_old_table_it_prints_the_upgrade_sql_which_keeps_the_sessions(ol
     assert layout(old_table)[1] == "pyramid_pgstore schema 3"
 
 
-def test_with_a_current_table_it_prints_nothing(pgstore_store, ini, capsys):
+def test_with_a_current_table_it_prints_no_sql_and_says_so_on_stderr(pgstore_store, ini, capsys):
     assert main(["pgstore-schema", ini]) == 0
-    assert capsys.readouterr() == ("", "")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "pgstore-schema: http_sessions is at schema 3: nothing to do\n"
 
 
 def test_apply_upgrades_the_table_after_which_there_is_nothing_to_do(old_table, ini, capsys):

@@ -190,6 +190,18 @@ def test_a_login_that_commits_saves_user_and_session(settings, mode, pgstore_dsn
     assert count(pgstore_dsn, "users") == 1
 
 
+def test_a_committed_request_is_not_logged_as_aborted(settings, pgstore_dsn, caplog):
+    """The transaction package calls abort() on its resources when it cleans
+    up after a commit too: a session written at the vote says nothing then."""
+    app = make_app({**settings, "pgstore.transaction": "auto"})
+    with caplog.at_level("INFO", logger="pyramid_pgstore"):
+        app.get("/login?name=ann")
+        app.get("/whoami")
+        app.get("/login?name=bob&how=raise")  # this one aborts, and says so
+    aborted = [r for r in caplog.records if "transaction was aborted" in r.getMessage()]
+    assert len(aborted) == 1
+
+
 def owned_sessions(dsn):
     conn = psycopg2.connect(dsn)
     try:

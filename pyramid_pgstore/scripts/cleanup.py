@@ -149,8 +149,12 @@ def _clean(store: PGStore, args: argparse.Namespace) -> None:
     cleaner = Cleaner(store, args.batch_size, args.rest)
     if args.stats:
         stats = store.table_stats()
+        recent = stats["ended_recently"]
+        kept = (
+            f" ({recent:,} of them ended in the last minute, kept for requests in flight)" if recent else ""
+        )
         _say(
-            f"{store.table}: {stats['live']:,} live, {stats['expired']:,} expired; "
+            f"{store.table}: {stats['live']:,} live, {stats['expired']:,} expired{kept}; "
             f"table {stats['table_bytes']:,} bytes, indexes {stats['index_bytes']:,} bytes"
         )
     if args.dry_run:

@@ -53,6 +53,8 @@ def _print_or_apply(store: PGStore, apply: bool) -> int:
     else:
         for statement in needed:
             print(f"{statement};")
+    if not needed:  # on stderr: the SQL on stdout stays empty, for a migration
+        print(f"pgstore-schema: {store.table} is at schema {schema.VERSION}: nothing to do", file=sys.stderr)
     return 0
 
 
