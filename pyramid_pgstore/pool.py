@@ -219,12 +219,11 @@ class Checkout:
         try:
             if pool is None:
                 raise PoolError("the pool was closed during the checkout")
-            if not self._adjusts:
-                pass
-            elif broken:
-                self._forget(conn)
-            else:
-                self._unlend(conn)
+            if self._adjusts:  # a pool of the caller's
+                if broken:
+                    self._forget(conn)
+                else:
+                    self._unlend(conn)
             pool.putconn(conn, close=broken)
         except PoolError:
             conn.close()
