@@ -142,9 +142,6 @@ class Checkout:
     """
 
     _dsn = ""  # for keeping its password out of error messages
-    # Connections need setting up when lent and back when returned (_lend,
-    # _unlend, _forget): a pool of the caller's, whose owner uses them too.
-    _adjusts = False
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -186,8 +183,7 @@ class Checkout:
             except psycopg2.OperationalError as exc:
                 raise self._cannot_connect(exc) from exc
             else:
-                if self._adjusts:
-                    self._lend(conn)
+                self._lend(conn)
                 return conn
             if deadline is None:
                 deadline = time.monotonic() + self.timeout
@@ -219,11 +215,10 @@ class Checkout:
         try:
             if pool is None:
                 raise PoolError("the pool was closed during the checkout")
-            if self._adjusts:  # a pool of the caller's
-                if broken:
-                    self._forget(conn)
-                else:
-                    self._unlend(conn)
+            if broken:
+                self._forget(conn)
+            else:
+                self._unlend(conn)
             pool.putconn(conn, close=broken)
         except PoolError:
             conn.close()
@@ -371,8 +366,6 @@ class OwnedPool(Checkout):
 
 class BorrowedPool(Checkout):
     """A checkout over the caller's psycopg2 pool, which it never closes."""
-
-    _adjusts = True
 
     def __init__(self, pool: AbstractConnectionPool, timeout: float) -> None:
         self._borrowed = pool
