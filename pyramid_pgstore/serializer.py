@@ -33,8 +33,9 @@ class Serializer(Protocol):
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _DECODER = json.JSONDecoder()  # what json.loads uses, without its checks of its arguments
 
-# Values with nothing inside them: no key to look at.
-_LEAVES = frozenset({str, int, float, bool, type(None)})
+#: JSON's scalar types: values with nothing inside them, so no key to look
+#: at and nothing to change in place.
+SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class JSONSerializer:
@@ -129,7 +130,7 @@ def _refuse_merged_keys(data: Mapping[str, Any]) -> None:
     """Look in ``data`` and the mappings inside it for two keys that JSON
     writes alike; only a mapping with a non-str key can have them."""
     _refuse_alike(data, None)
-    pending: list[tuple[Any, Any]] = [item for item in data.items() if type(item[1]) not in _LEAVES]
+    pending: list[tuple[Any, Any]] = [item for item in data.items() if type(item[1]) not in SCALARS]
     while pending:
         top, value = pending.pop()
         if isinstance(value, dict):

@@ -59,6 +59,7 @@ from .lifetime import Lifetime, cookie_max_age, expiry_seconds
 from .merge import FLASH_PREFIX
 from .options import SessionOptions
 from .records import Draft, SessionRecord, client_fields, storage_key
+from .serializer import SCALARS
 from .store import PGStore
 
 log = logging.getLogger("pyramid_pgstore")
@@ -73,11 +74,6 @@ _IN_TWEEN = "pyramid_pgstore.in_tween"
 
 # The plans that write the session's data (and may change its owner).
 _DATA_WRITES = (Write.INSERT, Write.REPLACE, Write.RENEW)
-
-# Values nothing can change in place. A session holding only these, on which
-# no method that changes it was called, is as it was read or last written:
-# the end of the request need not encode it to compare.
-_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
 class Progress(enum.Enum):
@@ -354,8 +350,10 @@ class PGStoreSession(dict):
     def _as_written(self) -> bool:
         """The data is as read or last written, as far as can be told without
         encoding it: nothing changed it through this session's methods, and
-        no value can have changed inside (see ``_IMMUTABLE``)."""
-        return not self._changed and _IMMUTABLE.issuperset(map(type, self.values()))
+        no value can have changed inside (every one is one of
+        :data:`~pyramid_pgstore.serializer.SCALARS`): the end of the request
+        need not encode the session to compare it with the row."""
+        return not self._changed and SCALARS.issuperset(map(type, self.values()))
 
     def situation(self, ending: Ending = Ending.RESPONSE, draft: Draft | None = None) -> Situation:
         """Where the session stands, for :func:`~pyramid_pgstore.lifecycle.decide`;
